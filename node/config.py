@@ -1,0 +1,207 @@
+"""Typed settings for the node, validated once at start-up.
+
+config.yaml at the repository root is the embedded default. Every key is a field of a
+pydantic model with ``extra="forbid"``, so a misspelt or unknown key stops the node with a
+message naming it. Defaults live only here and in config.yaml (which states them all).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
+
+_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no '\'
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)"
+        )
+    return stripped
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkSettings(_Strict):
+    ae_title: str = "LUNGNODE"
+    bind_address: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    max_associations: int = Field(10, ge=1, le=1000)
+    acse_timeout_s: float = Field(30, gt=0)
+    dimse_timeout_s: float = Field(60, gt=0)
+    network_timeout_s: float = Field(120, gt=0)
+    max_pdu_bytes: int = Field(131072, ge=0)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _check_allowed(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_ae_title(v) for v in values)
+
+
+class StorageSettings(_Strict):
+    root: Path = Path("./var")
+    min_free_mb: int = Field(512, ge=0)
+    retention_days: float = Field(30, gt=0)
+
+
+class SeriesSettings(_Strict):
+    quiet_period_s: float = Field(30, gt=0)
+
+
+class SelectionSettings(_Strict):
+    modalities: tuple[str, ...] = ("CT",)
+    required_image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL")
+    excluded_image_type: tuple[str, ...] = ("LOCALIZER",)
+    max_slice_thickness_mm: float = Field(5.0, gt=0)
+    min_slices: int = Field(30, ge=1)
+
+
+class AnalysisSettings(_Strict):
+    engine: Literal["threshold", "unet"] = "threshold"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ggo_min_hu: float = -750.0
+    consolidation_min_hu: float = -350.0
+    lobe_involvement_floor_pct: float = Field(0.1, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AnalysisSettings":
+        if not self.ggo_min_hu < self.consolidation_min_hu:
+            raise ValueError(
+                "analysis.ggo_min_hu must be lower than analysis.consolidation_min_hu "
+                f"(got {self.ggo_min_hu} and {self.consolidation_min_hu})"
+            )
+        return self
+
+
+class OutputSettings(_Strict):
+    seg: bool = True
+    sr: bool = True
+    seg_series_number: int = Field(9901, ge=1, le=2**31 - 1)
+    sr_series_number: int = Field(9902, ge=1, le=2**31 - 1)
+
+
+class Destination(_Strict):
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @classmethod
+    def parse(cls, text: str) -> "Destination":
+        """Parse ``AE@host:port`` (the CLI's form)."""
+        match = re.match(r"^(?P<ae>[^@]+)@(?P<host>[^:@]+):(?P<port>\d+)$", text.strip())
+        if not match:
+            raise ValueError(f"{text!r} is not of the form AE@host:port")
+        return cls(ae_title=match["ae"], host=match["host"], port=int(match["port"]))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class DeliverySettings(_Strict):
+    max_attempts: int = Field(30, ge=1)
+    retry_initial_delay_s: float = Field(10, gt=0)
+    retry_max_delay_s: float = Field(600, gt=0)
+    retry_backoff_factor: float = Field(2.0, ge=1)
+
+    def delay_before_attempt_s(self, attempt: int) -> float:
+        """Delay before attempt number ``attempt`` (2 = the first retry)."""
+        if attempt <= 1:
+            return 0.0
+        delay = self.retry_initial_delay_s * self.retry_backoff_factor ** (attempt - 2)
+        return min(delay, self.retry_max_delay_s)
+
+
+class LoggingSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Strict):
+    network: NetworkSettings = NetworkSettings()
+    storage: StorageSettings = StorageSettings()
+    series: SeriesSettings = SeriesSettings()
+    selection: SelectionSettings = SelectionSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+    outputs: OutputSettings = OutputSettings()
+    destinations: tuple[Destination, ...] = ()
+    delivery: DeliverySettings = DeliverySettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @property
+    def storage_root(self) -> Path:
+        return Path(self.storage.root)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the bad key."""
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, overrides: dict | None = None) -> Settings:
+    """Read, merge overrides into and validate a config file.
+
+    ``overrides`` is a nested dict of keys to replace (the CLI flags). Relative
+    ``storage.root`` is resolved against the config file's directory.
+    """
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {config_path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {config_path} must hold a mapping at the top level")
+    merged = _deep_merge(raw, overrides or {})
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(config_path), exc)) from exc
+    root = Path(settings.storage.root)
+    if not root.is_absolute():
+        root = (config_path.resolve().parent / root).resolve()
+        settings = settings.model_copy(
+            update={"storage": settings.storage.model_copy(update={"root": root})}
+        )
+    return settings
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def settings_as_yaml(settings: Settings) -> str:
+    """The settings in effect, as YAML (``lungnode check-config``)."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

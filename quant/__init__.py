@@ -1,0 +1,1 @@
+"""Measurements from an HU volume and its masks. Pure numpy/scipy: no DICOM, no torch."""

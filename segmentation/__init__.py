@@ -1,0 +1,1 @@
+"""Lung, lobe and lesion segmentation on HU arrays. Knows nothing of DICOM or the network."""
