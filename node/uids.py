@@ -6,9 +6,8 @@ revision, software version), so a resend after a crash replaces rather than dupl
 
 from __future__ import annotations
 
+import hashlib
 import re
-
-from pydicom.uid import generate_uid
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -34,4 +33,5 @@ def sanitize_uid(value: object, what: str = "UID") -> str:
 
 def derive_uid(*parts: object) -> str:
     """A deterministic 2.25 UID from the given parts (same parts, same UID)."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
