@@ -1,0 +1,294 @@
+"""The ``lungnode`` command line. Command names and flags are a contract (issue 2).
+
+lungnode run [--config FILE] [--ae-title T] [--port N] [--storage DIR] [--destination AE@host:port ...]
+lungnode analyze <dicom-dir> --out <dir>
+lungnode phantom --out <dir> [--seed N]
+lungnode send <path> --to AE@host:port
+lungnode echo AE@host:port
+lungnode status
+lungnode check-config
+
+Exit codes: 0 success, 1 failure (network, delivery, internal), 2 usage or configuration
+error, 3 bad input (the series cannot be analysed; the message says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from node import __version__
+from node.config import ConfigError, Destination, Settings, load_settings, settings_as_yaml
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_BAD_INPUT = 3
+
+log = logging.getLogger("lungnode")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="config file (default: the embedded config.yaml)")
+    parser.add_argument("--ae-title", help="override network.ae_title")
+    parser.add_argument("--port", type=int, help="override network.port")
+    parser.add_argument("--storage", type=Path, help="override storage.root")
+    parser.add_argument(
+        "--destination",
+        action="append",
+        metavar="AE@host:port",
+        help="override destinations (repeat for several)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lungnode",
+        description="DICOM node that quantifies viral pneumonia (COVID-19) on chest CT.",
+    )
+    parser.add_argument("--version", action="version", version=f"lungnode {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the node (C-STORE SCP, analysis, sending)")
+    _add_config_flags(run)
+
+    analyze = commands.add_parser("analyze", help="analyse a DICOM series offline (no network)")
+    analyze.add_argument("dicom_dir", type=Path, help="folder with the CT series (searched recursively)")
+    analyze.add_argument("--out", type=Path, required=True, help="folder for seg.dcm, sr.dcm, measurements.json")
+    analyze.add_argument("--config", type=Path, help="config file (analysis settings)")
+
+    phantom = commands.add_parser("phantom", help="write a synthetic chest CT series with truth.json")
+    phantom.add_argument("--out", type=Path, required=True)
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--slices", type=int, default=120, help="number of slices (default 120)")
+    phantom.add_argument("--size", type=int, default=256, help="rows and columns (default 256)")
+
+    send = commands.add_parser("send", help="send DICOM files (a file or a folder) with C-STORE")
+    send.add_argument("path", type=Path)
+    send.add_argument("--to", required=True, metavar="AE@host:port")
+    send.add_argument("--config", type=Path, help="config file (calling AE title, timeouts)")
+
+    echo = commands.add_parser("echo", help="C-ECHO a DICOM peer")
+    echo.add_argument("peer", metavar="AE@host:port")
+    echo.add_argument("--config", type=Path, help="config file (calling AE title, timeouts)")
+
+    status = commands.add_parser("status", help="series, jobs, deliveries and last errors")
+    _add_config_flags(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    check = commands.add_parser("check-config", help="validate the config and print what is in effect")
+    _add_config_flags(check)
+    return parser
+
+
+def _settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict = {}
+    if getattr(args, "ae_title", None):
+        overrides.setdefault("network", {})["ae_title"] = args.ae_title
+    if getattr(args, "port", None) is not None:
+        overrides.setdefault("network", {})["port"] = args.port
+    if getattr(args, "storage", None):
+        overrides.setdefault("storage", {})["root"] = str(args.storage.resolve())
+    if getattr(args, "destination", None):
+        try:
+            parsed = [Destination.parse(text) for text in args.destination]
+        except ValueError as exc:
+            raise ConfigError(f"--destination: {exc}") from exc
+        overrides["destinations"] = [d.model_dump() for d in parsed]
+    return load_settings(getattr(args, "config", None), overrides)
+
+
+def _configure_logging(level: str, verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _progress(message: str) -> None:
+    print(f"[lungnode] {message}", file=sys.stderr, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings_from_args(args)
+    _configure_logging(settings.logging.level, args.verbose)
+    from node.app import Node
+
+    node = Node(settings)
+    stopping = []
+
+    def _stop(signum, _frame):
+        if not stopping:
+            stopping.append(signum)
+            log.info("signal %d received: stopping", signum)
+            node.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    node.start()
+    net = settings.network
+    log.info(
+        "lungnode %s listening as %s on %s:%d, storage %s, %d destination(s)",
+        __version__,
+        net.ae_title,
+        net.bind_address,
+        node.port,
+        settings.storage_root,
+        len(settings.destinations),
+    )
+    node.run_forever()
+    return EXIT_OK
+
+
+def _dicom_files(folder: Path) -> tuple[list[Path], int]:
+    """Files under ``folder`` that carry the DICOM Part 10 preamble, and how many did not."""
+    found: list[Path] = []
+    skipped = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with path.open("rb") as handle:
+            head = handle.read(132)
+        if len(head) == 132 and head[128:132] == b"DICM":
+            found.append(path)
+        else:
+            skipped += 1
+    return found, skipped
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from node.analysis import analyze_series
+    from node.volume import VolumeError
+    from segmentation.engine import EngineUnavailable
+
+    settings = load_settings(args.config)
+    _configure_logging("WARNING", args.verbose)
+    if not args.dicom_dir.is_dir():
+        print(f"lungnode analyze: {args.dicom_dir} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    files, skipped = _dicom_files(args.dicom_dir)
+    if skipped:
+        _progress(f"skipping {skipped} file(s) that are not DICOM Part 10 files")
+    if not files:
+        print(f"lungnode analyze: no DICOM files in {args.dicom_dir}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    started = time.perf_counter()
+    try:
+        result = analyze_series(files, args.out, settings, progress=_progress)
+    except VolumeError as exc:
+        print(f"lungnode analyze: cannot analyse this series: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except EngineUnavailable as exc:
+        print(f"lungnode analyze: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    m = result.measurements
+    _progress(f"done in {time.perf_counter() - started:.1f} s: " + ", ".join(str(p) for p in [*result.output_files, result.measurements_json]))
+    summary = {
+        "lung_volume_ml": m.lung_volume_ml,
+        "lesion_pct": m.lesion_pct,
+        "ggo_volume_ml": m.ggo_volume_ml,
+        "consolidation_volume_ml": m.consolidation_volume_ml,
+        "ct_score_equivalent": m.ct_score_equivalent,
+    }
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from node.phantom import write_phantom
+
+    _configure_logging("WARNING", args.verbose)
+    _progress(f"writing a {args.slices}-slice {args.size}x{args.size} phantom (seed {args.seed}) to {args.out}")
+    truth = write_phantom(args.out, seed=args.seed, slices=args.slices, size=args.size)
+    print(json.dumps({k: truth[k] for k in ("lung_volume_ml", "ggo_volume_ml", "consolidation_volume_ml")}))
+    return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from node.sender import send_files
+
+    settings = load_settings(args.config)
+    _configure_logging(settings.logging.level, args.verbose)
+    destination = Destination.parse(args.to)
+    if args.path.is_dir():
+        files, skipped = _dicom_files(args.path)
+        if skipped:
+            _progress(f"skipping {skipped} file(s) that are not DICOM Part 10 files")
+    elif args.path.is_file():
+        files = [args.path]
+    else:
+        print(f"lungnode send: {args.path} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    if not files:
+        print(f"lungnode send: no DICOM files in {args.path}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _progress(f"sending {len(files)} file(s) to {destination}")
+    report = send_files(files, destination, settings)
+    print(report.summary())
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from node.sender import echo
+
+    settings = load_settings(args.config)
+    _configure_logging(settings.logging.level, args.verbose)
+    destination = Destination.parse(args.peer)
+    result = echo(destination, settings)
+    print(result.summary())
+    return EXIT_OK if result.ok else EXIT_FAILURE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.status import collect_status, format_status
+
+    settings = _settings_from_args(args)
+    report = collect_status(settings)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings_from_args(args)
+    from segmentation.engine import EngineUnavailable, check_engine
+
+    try:
+        check_engine(settings.analysis.engine)
+    except EngineUnavailable as exc:
+        print(f"analysis.engine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(settings_as_yaml(settings), end="")
+    print("# configuration is valid", file=sys.stderr)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "analyze": cmd_analyze,
+    "phantom": cmd_phantom,
+    "send": cmd_send,
+    "echo": cmd_echo,
+    "status": cmd_status,
+    "check-config": cmd_check_config,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"lungnode {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
