@@ -1,0 +1,270 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of lung, lesion and lobe measurements.
+
+Content tree (PS3.16 TID 1500, built with highdicom templates):
+
+* Observation context: a device observer (lungnode, manufacturer "lungnode project").
+* Procedure reported: SCT 169069000 "CT of chest".
+* Imaging Measurements, one group per SEG segment (TID 1411 Volumetric ROI Measurements,
+  each referencing its segment via Referenced Segment and carrying the segment's tracking
+  identifier):
+    - left / right lung: Volume, lesion / GGO / consolidation volume (ml), lesion percent;
+    - ground-glass opacity, consolidation: Volume (ml), percent of lung volume (%);
+    - lobes (only when the SEG has lobe segments and Measurements.lobes is given): Volume,
+      lesion volume (ml), lesion percent (%), lobe score (0-5, "{score}").
+  plus one whole-lung group (TID 1501, finding site Lung): lung volume, lesion / GGO /
+  consolidation volumes and percents, CT severity score (0-25), the score equivalent from
+  the lesion percent, number of involved lobes, Hellinger distance and IoU vs reference.
+  Volumes use SCT 118565006 "Volume" with method DCM 126030 "Sum of segmented voxel method
+  for volume" when the region is the segment itself; the other quantities use private codes
+  of scheme 99LUNGNODE (declared in the Coding Scheme Identification Sequence) because
+  DICOM defines no concept for them; see :mod:`node.outputs.codes` for every code.
+* A value that could not be computed (None) is never written as 0: its NUM item is left
+  out and a TEXT item "Measurement not computed" names it (the reason is in the quality
+  remarks). PS3.3 C.18.1 would also allow a NUM with an empty Measured Value Sequence and
+  Numeric Value Qualifier DCM 114007 "Measurement not attempted", but highdicom 0.28 cannot
+  read such an item back (NumContentItem.from_dataset indexes MeasuredValueSequence[0]), so
+  any highdicom-based consumer, including Comprehensive3DSR itself, would fail on it.
+* Qualitative Evaluations (UMLS C0034375) container at the root: TEXT items "Quality
+  remark" for every quality flag, lobe confidence and the lesion engine.
+
+When ``predecessor`` is given, the document amends it: Predecessor Documents Sequence
+references it and the Series Description says "amended".
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+
+from node.outputs import codes as lc
+from node.outputs.seg import AI_ENGINES, MANUFACTURER, MODEL_NAME, segment_tracking_uid
+from node.uids import derive_uid
+from node.volume import LoadedSeries
+from quant.measurements import Measurements
+
+logger = logging.getLogger(__name__)
+
+SERIES_DESCRIPTION = "Lung quantification report (lungnode)"
+SERIES_DESCRIPTION_AMENDED = "Lung quantification report, amended (lungnode)"
+DEVICE_OBSERVER_UID = derive_uid("lungnode", "device observer")
+
+Number = float | int | None
+
+
+def sr_uids(series: LoadedSeries, revision: int, software_version: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the SR for this series/revision/version."""
+    parts = (series.series_instance_uid, revision, software_version, "SR")
+    return derive_uid(*parts, "series"), derive_uid(*parts, "instance")
+
+
+def build_sr(
+    series: LoadedSeries,
+    seg: Dataset,
+    measurements: Measurements,
+    *,
+    series_number: int,
+    revision: int,
+    software_version: str,
+    predecessor: tuple[str, str, str] | None = None,
+) -> Dataset:
+    """Build the TID 1500 Comprehensive 3D SR for ``series`` referencing ``seg``'s segments.
+
+    predecessor: (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) of the earlier SR of
+        the same source series that this one amends, or None.
+    """
+    if str(seg.SOPClassUID) != SegmentationStorage:
+        raise ValueError(f"seg is not a Segmentation (SOP class {seg.SOPClassUID})")
+    if str(seg.StudyInstanceUID) != series.study_instance_uid:
+        raise ValueError("seg belongs to another study than the series")
+    series_uid, sop_uid = sr_uids(series, revision, software_version)
+    if predecessor is not None and predecessor[2] == sop_uid:
+        raise ValueError("an SR cannot amend itself: bump the revision for an amendment")
+
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"lungnode {measurements.engine}",
+        version=software_version,
+        parameters=[f"ggo_min_hu={measurements.ggo_min_hu:g}",
+                    f"consolidation_min_hu={measurements.consolidation_min_hu:g}"],
+        family=(codes.cid7162.ArtificialIntelligence if measurements.engine in AI_ENGINES
+                else codes.cid7162.MorphologicalOperations),
+    )
+    segments = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
+    not_computed: list[str] = []
+    groups: list = [_whole_lung_group(series, measurements, algorithm, not_computed)]
+    for spec in lc.SEGMENTS + lc.LOBE_SEGMENTS:
+        if spec.number not in segments:
+            continue
+        values = _segment_values(spec.key, measurements)
+        if values is None:
+            continue
+        groups.append(_segment_group(series, seg, spec, values, algorithm, not_computed))
+
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=DEVICE_OBSERVER_UID,
+            name="lungnode",
+            manufacturer_name=MANUFACTURER,
+            model_name=MODEL_NAME,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=lc.CT_OF_CHEST,
+        imaging_measurements=groups,
+    )
+    remarks = _remarks(measurements, predecessor, not_computed)
+    if remarks:
+        container = hd.sr.ContainerContentItem(
+            name=lc.QUALITATIVE_EVALUATIONS,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        container.ContentSequence = hd.sr.ContentSequence([
+            hd.sr.TextContentItem(name=name, value=text,
+                                  relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+            for name, text in remarks
+        ])
+        report[0].ContentSequence.append(container)
+
+    previous = None
+    if predecessor is not None:
+        pre = Dataset()
+        pre.StudyInstanceUID, pre.SeriesInstanceUID, pre.SOPInstanceUID = predecessor
+        pre.SOPClassUID = Comprehensive3DSRStorage
+        previous = [pre]
+
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*series.source_datasets, seg],
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=True,
+        is_verified=False,
+        previous_versions=previous,
+    )
+    sr.SeriesDescription = SERIES_DESCRIPTION_AMENDED if predecessor else SERIES_DESCRIPTION
+    sr.ManufacturerModelName = MODEL_NAME
+    sr.SoftwareVersions = software_version
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = lc.PRIVATE_SCHEME
+    scheme.CodingSchemeUID = lc.PRIVATE_SCHEME_UID
+    scheme.CodingSchemeName = lc.PRIVATE_SCHEME_NAME
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    logger.info("series %s: SR %s with %d measurement groups%s", series.series_instance_uid,
+                sop_uid, len(groups), " (amends %s)" % predecessor[2] if predecessor else "")
+    return sr
+
+
+# --- groups ----------------------------------------------------------------------------------
+
+
+def _segment_values(key: str, m: Measurements) -> list[tuple[object, Number, object, bool]] | None:
+    """(concept, value, unit, is_segment_volume) rows for one segment, None to skip it."""
+    if key in m.regions:
+        r = m.regions[key]
+        return [
+            (lc.VOLUME, r.volume_ml, lc.UNIT_ML, True),
+            (lc.LESION_VOLUME, r.lesion_volume_ml, lc.UNIT_ML, False),
+            (lc.GGO_VOLUME, r.ggo_volume_ml, lc.UNIT_ML, False),
+            (lc.CONSOLIDATION_VOLUME, r.consolidation_volume_ml, lc.UNIT_ML, False),
+            (lc.LESION_PERCENT, r.lesion_pct, lc.UNIT_PERCENT, False),
+        ]
+    if key == "ggo":
+        return [(lc.VOLUME, m.ggo_volume_ml, lc.UNIT_ML, True),
+                (lc.PERCENT_OF_LUNG, m.ggo_pct, lc.UNIT_PERCENT, False)]
+    if key == "consolidation":
+        return [(lc.VOLUME, m.consolidation_volume_ml, lc.UNIT_ML, True),
+                (lc.PERCENT_OF_LUNG, m.consolidation_pct, lc.UNIT_PERCENT, False)]
+    if m.lobes is not None and key in m.lobes:
+        lobe = m.lobes[key]
+        return [
+            (lc.VOLUME, lobe.volume_ml, lc.UNIT_ML, True),
+            (lc.LESION_VOLUME, lobe.lesion_volume_ml, lc.UNIT_ML, False),
+            (lc.LESION_PERCENT, lobe.lesion_pct, lc.UNIT_PERCENT, False),
+            (lc.LOBE_SCORE, lobe.score, lc.UNIT_SCORE, False),
+        ]
+    return None
+
+
+def _segment_group(series: LoadedSeries, seg: Dataset, spec: lc.SegmentSpec, values: list,
+                   algorithm: hd.sr.AlgorithmIdentification, not_computed: list[str]):
+    finding_site = None
+    if spec.category == lc.ANATOMICAL_STRUCTURE:
+        finding_site = [hd.sr.FindingSite(spec.property_type, laterality=spec.modifier)]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=segment_tracking_uid(series, spec.key), identifier=spec.label),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=spec.number,
+            source_series=hd.sr.SourceSeriesForSegmentation(series.series_instance_uid),
+        ),
+        finding_type=spec.property_type,
+        finding_category=spec.category,
+        finding_sites=finding_site,
+        algorithm_id=algorithm,
+        measurements=_measurements(
+            [(name, value, unit, lc.SUM_OF_VOXELS if is_volume else None)
+             for name, value, unit, is_volume in values], not_computed, spec.label),
+    )
+
+
+def _whole_lung_group(series: LoadedSeries, m: Measurements,
+                      algorithm: hd.sr.AlgorithmIdentification, not_computed: list[str]):
+    rows = [
+        (lc.VOLUME, m.lung_volume_ml, lc.UNIT_ML),
+        (lc.LESION_VOLUME, m.lesion_volume_ml, lc.UNIT_ML),
+        (lc.GGO_VOLUME, m.ggo_volume_ml, lc.UNIT_ML),
+        (lc.CONSOLIDATION_VOLUME, m.consolidation_volume_ml, lc.UNIT_ML),
+        (lc.LESION_PERCENT, m.lesion_pct, lc.UNIT_PERCENT),
+        (lc.GGO_PERCENT, m.ggo_pct, lc.UNIT_PERCENT),
+        (lc.CONSOLIDATION_PERCENT, m.consolidation_pct, lc.UNIT_PERCENT),
+        (lc.CT_SEVERITY_SCORE, m.ct_score, lc.UNIT_SCORE),
+        (lc.CT_SCORE_EQUIVALENT, m.ct_score_equivalent, lc.UNIT_SCORE),
+        (lc.INVOLVED_LOBES, m.involved_lobes, lc.UNIT_NONE),
+        (lc.HELLINGER, m.hellinger_distance, lc.UNIT_NONE),
+        (lc.IOU_VS_REFERENCE, m.iou_vs_reference, lc.UNIT_NONE),
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=segment_tracking_uid(series, "whole_lung"), identifier="Whole lung"),
+        finding_sites=[hd.sr.FindingSite(lc.LUNG)],
+        algorithm_id=algorithm,
+        measurements=_measurements([(*row, None) for row in rows], not_computed, "whole lung"),
+    )
+
+
+def _measurements(rows, not_computed: list[str], where: str) -> list[hd.sr.Measurement]:
+    """TID 300 measurements for the rows with a value; the others are listed in not_computed."""
+    out = []
+    for name, value, unit, method in rows:
+        if value is None:
+            not_computed.append(f"{where}: {name.meaning} not computed")
+            continue
+        if isinstance(value, bool):
+            raise TypeError(f"{name.meaning}: boolean is not a measurement value")
+        out.append(hd.sr.Measurement(name=name, value=float(value), unit=unit, method=method))
+    return out
+
+
+def _remarks(m: Measurements, predecessor: tuple[str, str, str] | None,
+             not_computed: list[str]) -> list[tuple[object, str]]:
+    remarks: list[tuple[object, str]] = [(lc.LESION_ENGINE, m.engine)]
+    remarks += [(lc.NOT_COMPUTED, text) for text in not_computed]
+    remarks += [(lc.QUALITY_REMARK, flag) for flag in m.quality_flags]
+    if m.lobes is not None:
+        remarks += [(lc.QUALITY_REMARK, f"lobe {key}: boundary confidence {lobe.confidence}")
+                    for key, lobe in m.lobes.items() if lobe.confidence is not None]
+    if predecessor is not None:
+        remarks.append((lc.QUALITY_REMARK, f"amends report {predecessor[2]}"))
+    return remarks
