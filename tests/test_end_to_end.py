@@ -1,0 +1,161 @@
+"""The whole path with real peers: dcmtk storescu as the scanner, the node as a child
+process (``lungnode run``), Orthanc as the PACS, dciodvfy on every object the PACS got."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom_validation import dciodvfy_errors
+from node_process import NodeProcess
+from peers import REPO_ROOT, storescu, wait_until
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+pytestmark = pytest.mark.slow
+
+
+def _lungnode(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _study_uid(folder: Path) -> str:
+    first = next(p for p in sorted(folder.rglob("*.dcm")))
+    return pydicom.dcmread(first, stop_before_pixels=True).StudyInstanceUID
+
+
+def _results_in_pacs(orthanc, study_uid: str):
+    classes = {}
+    for series in orthanc.series_of_study(study_uid):
+        for instance_id in series["Instances"]:
+            tags = orthanc.get(f"/instances/{instance_id}/simplified-tags")
+            classes.setdefault(tags.get("SOPClassUID"), []).append(instance_id)
+    if SEG_SOP_CLASS in classes and COMPREHENSIVE_3D_SR in classes:
+        return classes
+    return None
+
+
+def _check_results_in_pacs(orthanc, study_uid: str, tmp_path: Path, node: NodeProcess):
+    try:
+        classes = wait_until(
+            lambda: _results_in_pacs(orthanc, study_uid), 420, 0.5, "SEG and SR in Orthanc"
+        )
+    except TimeoutError:
+        pytest.fail(f"no SEG+SR in the PACS; node log:\n{node.log_tail()}")
+    assert len(classes[SEG_SOP_CLASS]) == 1 and len(classes[COMPREHENSIVE_3D_SR]) == 1
+    datasets = {}
+    for sop_class in (SEG_SOP_CLASS, COMPREHENSIVE_3D_SR):
+        path = tmp_path / f"{sop_class}.dcm"
+        path.write_bytes(orthanc.instance_file(classes[sop_class][0]))
+        assert dciodvfy_errors(path) == [], f"dciodvfy errors in the {sop_class} the PACS got"
+        datasets[sop_class] = pydicom.dcmread(path)
+    seg, sr = datasets[SEG_SOP_CLASS], datasets[COMPREHENSIVE_3D_SR]
+    assert seg.StudyInstanceUID == study_uid == sr.StudyInstanceUID
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert len(labels) >= 4
+    return seg, sr
+
+
+def test_phantom_analyze_matches_truth(tmp_path: Path):
+    """`lungnode phantom` then `lungnode analyze`: volumes within 5% of truth.json."""
+    phantom_dir, out_dir = tmp_path / "phantom", tmp_path / "out"
+    made = _lungnode("phantom", "--out", str(phantom_dir), "--seed", "3")
+    assert made.returncode == 0, made.stderr
+    truth = json.loads((phantom_dir / "truth.json").read_text())
+    done = _lungnode("analyze", str(phantom_dir), "--out", str(out_dir))
+    assert done.returncode == 0, done.stderr
+    measured = json.loads((out_dir / "measurements.json").read_text())
+    for key in ("lung_volume_ml", "ggo_volume_ml", "consolidation_volume_ml"):
+        error = abs(measured[key] - truth[key]) / truth[key]
+        assert error <= 0.05, f"{key}: measured {measured[key]:.1f} vs truth {truth[key]:.1f}"
+    required = {
+        "lung_volume_ml", "lesion_volume_ml", "ggo_volume_ml", "consolidation_volume_ml",
+        "lesion_pct", "ggo_pct", "consolidation_pct", "ct_score", "ct_score_equivalent",
+        "involved_lobes", "hellinger_distance", "iou_vs_reference", "lobes", "engine",
+        "quality_flags",
+    }
+    assert required <= measured.keys()
+    if measured["ct_score"] is None:
+        assert any("lobe" in flag for flag in measured["quality_flags"])
+    for name in ("seg.dcm", "sr.dcm"):
+        assert dciodvfy_errors(out_dir / name) == [], name
+
+
+def test_analyze_refuses_incomplete_series_with_reason(tmp_path: Path, shared_data: Path):
+    """A series with a missing slice: exit code 3 and a message that says so."""
+    source = shared_data / "lidc_idri_chest_ct_dicom" / "LIDC-IDRI-0003_subset"
+    files = sorted(source.glob("*.dcm"))
+    gapped = tmp_path / "gapped"
+    gapped.mkdir()
+    for index, path in enumerate(files):
+        if index != len(files) // 2:
+            (gapped / path.name).write_bytes(path.read_bytes())
+    done = _lungnode("analyze", str(gapped), "--out", str(tmp_path / "out"))
+    assert done.returncode == 3, done.stderr
+    assert "gap" in done.stderr or "missing" in done.stderr
+    assert not (tmp_path / "out" / "sr.dcm").exists()
+
+
+def test_real_chest_ct_scanner_to_node_to_pacs(orthanc, tmp_path: Path, shared_data: Path):
+    """LIDC-IDRI-0001 (133 real slices): storescu -> node -> Orthanc; SEG + SR in its study."""
+    series_dir = shared_data / "lidc_idri_chest_ct_dicom" / "LIDC-IDRI-0001_full_series"
+    study_uid = _study_uid(series_dir)
+    # the PACS already holds the CT, as it would when it auto-routes it to the node
+    assert storescu(series_dir, orthanc.dicom_port, aec=orthanc.aet).returncode == 0
+    with NodeProcess(tmp_path / "node", destinations=[(orthanc.aet, orthanc.dicom_port)]) as node:
+        sent = storescu(series_dir, node.port, aec=node.ae_title)
+        assert sent.returncode == 0, sent.stderr
+        seg, sr = _check_results_in_pacs(orthanc, study_uid, tmp_path, node)
+    measurements = next((node.storage / "outbox").rglob("measurements.json"))
+    document = json.loads(measurements.read_text())
+    assert 2000 < document["lung_volume_ml"] < 9000, document["lung_volume_ml"]
+    assert document["series_instance_uid"] == pydicom.dcmread(
+        next(series_dir.glob("*.dcm")), stop_before_pixels=True
+    ).SeriesInstanceUID
+
+
+def test_phantom_through_the_network_and_results_routed_back(orthanc, tmp_path: Path):
+    """A phantom series goes through the node to Orthanc; when the PACS routes the SEG and
+    SR back to the node, they are stored and never analysed."""
+    phantom_dir = tmp_path / "phantom"
+    assert _lungnode("phantom", "--out", str(phantom_dir), "--seed", "5").returncode == 0
+    study_uid = _study_uid(phantom_dir)
+    with NodeProcess(tmp_path / "node", destinations=[(orthanc.aet, orthanc.dicom_port)]) as node:
+        assert storescu(phantom_dir, node.port, aec=node.ae_title).returncode == 0
+        classes = _check_results_in_pacs(orthanc, study_uid, tmp_path, node)
+        assert classes
+        # route the results back to the node, as an auto-routing PACS would
+        results = [i for i in orthanc.instances()
+                   if orthanc.get(f"/instances/{i}/simplified-tags").get("Modality") in ("SEG", "SR")]
+        orthanc.add_modality("lungnode", node.ae_title, node.port)
+        orthanc.send_to_modality("lungnode", results)
+        status = wait_until(
+            lambda: _status_with_skipped(node), 60, 0.5, "routed-back results recorded as skipped"
+        )
+        assert status
+    # still exactly one SEG and one SR: nothing was analysed again
+    classes = _results_in_pacs(orthanc, study_uid)
+    assert len(classes[SEG_SOP_CLASS]) == 1 and len(classes[COMPREHENSIVE_3D_SR]) == 1
+
+
+def _status_with_skipped(node: NodeProcess):
+    done = _lungnode("status", "--config", str(node.config_path), "--json", timeout_s=60)
+    if done.returncode != 0:
+        return None
+    report = json.loads(done.stdout)
+    skipped = [s for s in report.get("series", []) if s.get("state") == "skipped"]
+    return skipped if len(skipped) >= 2 else None
