@@ -1,0 +1,40 @@
+"""The threshold lesion engine: phantom GGO / consolidation volumes and a lesion-free real lung."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.phantom import phantom_volume
+from quant.measure import measure
+from segmentation.engine import EngineUnavailable, segment
+
+from test_lungs import LIDC, load_every_second_slice
+
+LESION_FREE_MAX_PCT = 3.0   # measured 1.06% on the full LIDC-IDRI-0001 series
+
+
+@pytest.fixture(scope="module")
+def phantom_measurements():
+    volume, truth = phantom_volume(seed=0)
+    return measure(volume, segment(volume)), truth
+
+
+@pytest.mark.parametrize("key", ["lung_volume_ml", "ggo_volume_ml", "consolidation_volume_ml"])
+def test_phantom_volumes_within_5_percent(phantom_measurements, key):
+    result, truth = phantom_measurements
+    assert getattr(result, key) == pytest.approx(truth[key], rel=0.05)
+
+
+def test_lesion_free_real_lung_small_percentage():
+    volume = load_every_second_slice(LIDC)
+    result = measure(volume, segment(volume))
+    assert result.lesion_pct is not None
+    assert result.lesion_pct < LESION_FREE_MAX_PCT
+
+
+def test_unet_engine_unavailable():
+    volume, _ = phantom_volume(seed=0, slices=40, size=128)
+    with pytest.raises(EngineUnavailable, match="not shipped"):
+        segment(volume, engine="unet")
