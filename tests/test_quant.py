@@ -39,7 +39,7 @@ def test_lobe_score_floor_and_involved():
 
 
 def test_ct_score_equivalent_inverts_fit():
-    for s in (0.5, 1, 5, 12.3, 20, 25):
+    for s in (0.7, 1, 5, 12.3, 20, 25):
         assert ct_score_equivalent(fit_percent(s)) == pytest.approx(s, abs=1e-9)
     assert ct_score_equivalent(0.0) == 0.0           # no lesion is score 0, not the fit's 0.65
     assert 0.6 < ct_score_equivalent(0.01) < 0.7     # just above 0%: the fit's own value
