@@ -1,0 +1,134 @@
+"""The analysis worker: takes queued jobs, runs the analysis, records results and deliveries.
+
+The analysis function is injected (``node.analysis.analyze_series`` in production). Outputs
+are written to ``outbox/<series>/.<revision>.partial-<job>`` and renamed to
+``outbox/<series>/<revision>`` when complete, then the result, the job's ``done`` state and
+one delivery row per output file per destination are committed in one transaction. A crash
+at any point before that commit leaves the job ``running``; start-up re-queues it and the
+rerun (deterministic output UIDs) replaces the outbox directory, so the job completes exactly
+once and nothing partial is ever delivered.
+
+Errors: ``bad_input_errors`` (node.volume.VolumeError) fail the job with the reason, no retry;
+any other exception is a bug: logged with its traceback, job failed with the reason, the
+worker goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Callable
+
+import pydicom
+
+from node.config import Settings
+from node.spool import Spool, fsync_dir
+from node.store import DeliveryRequest, JobRecord, StateStore
+
+LOG = logging.getLogger(__name__)
+
+AnalyzeFn = Callable[..., object]
+
+
+class Worker:
+    def __init__(
+        self, store: StateStore, spool: Spool, settings: Settings, analyze: AnalyzeFn, *,
+        bad_input_errors: tuple[type[BaseException], ...] = (),
+        on_deliveries: Callable[[], None] | None = None, threads: int = 1,
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.settings = settings
+        self.analyze = analyze
+        self.bad_input_errors = bad_input_errors
+        self.on_deliveries = on_deliveries
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
+            for i in range(threads)
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def notify(self, *_args) -> None:
+        """A job was queued: wake an idle worker thread."""
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 30) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.store.claim_next_job()
+            except Exception:
+                LOG.exception("cannot claim a job")
+                job = None
+            if job is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self.run_job(job)
+
+    def run_job(self, job: JobRecord) -> None:
+        tag = f"job {job.id} series {job.series_uid} revision {job.revision}"
+        LOG.info("%s: analysing (attempt %s)", tag, job.attempts)
+        final_dir = self.spool.outbox_path(job.series_uid, job.revision)
+        work_dir = final_dir.parent / f".{job.revision}.partial-{job.id}"
+        try:
+            paths = [Path(i.path) for i in self.store.series_instances(job.series_uid)]
+            predecessor = self.store.latest_result(job.series_uid, before_revision=job.revision)
+            shutil.rmtree(work_dir, ignore_errors=True)
+            work_dir.mkdir(parents=True)
+            output = self.analyze(
+                paths, work_dir, self.settings, revision=job.revision,
+                predecessor_sr=predecessor.sr_uids if predecessor else None,
+            )
+            measurements = Path(output.measurements_json).read_text(encoding="utf-8")
+            for f in work_dir.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            fsync_dir(work_dir)
+            if final_dir.exists():  # left by an earlier attempt that crashed before its commit
+                shutil.rmtree(final_dir)
+            os.replace(work_dir, final_dir)
+            fsync_dir(final_dir.parent)
+            outputs = [final_dir / Path(p).name for p in output.output_files]
+            deliveries = []
+            for out in outputs:
+                ds = pydicom.dcmread(out, stop_before_pixels=True)
+                for dest in self.settings.destinations:
+                    deliveries.append(DeliveryRequest(
+                        str(out), str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(dest)))
+            self.store.complete_job(
+                job.id, measurements_json=measurements, sr_uids=tuple(output.sr_uids),
+                outbox_dir=str(final_dir), deliveries=deliveries,
+            )
+        except self.bad_input_errors as exc:
+            LOG.warning("%s: bad input, not analysed: %s", tag, exc)
+            self._fail(job, f"bad input: {exc}", work_dir)
+            return
+        except Exception as exc:
+            LOG.exception("%s: analysis failed (bug)", tag)
+            self._fail(job, f"internal error: {exc!r}", work_dir)
+            return
+        LOG.info("%s: done, %d output(s), %d deliveries", tag, len(outputs), len(deliveries))
+        if deliveries and self.on_deliveries is not None:
+            self.on_deliveries()
+
+    def _fail(self, job: JobRecord, reason: str, work_dir: Path) -> None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        try:
+            self.store.fail_job(job.id, reason)
+        except Exception:
+            LOG.exception("job %s series %s: cannot record the failure", job.id, job.series_uid)
