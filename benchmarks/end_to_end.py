@@ -2,7 +2,7 @@
 
 A 300-slice 512x512 phantom series is sent with dcmtk storescu to a real ``lungnode run``
 child process whose destination is a real Orthanc. Printed:
-- close_to_sr_s: from the moment the series closed (recorded by the node's state store) to
+- close_to_sr_s: from the moment the series closed (the job row the node commits when the quiet period ends) to
   the moment Orthanc's REST API lists the SR (polled every 0.1 s; Orthanc only lists an
   instance once it has acknowledged its C-STORE). Target <= 30 s on the 2-core machine.
 - peak_rss_mb: the node process's peak resident memory (VmHWM). Target <= 3 GB.
@@ -48,15 +48,15 @@ def _sr_listed(orthanc, study_uid: str) -> bool:
 
 def _series_closed_at(storage: Path, series_uid: str) -> float | None:
     """The node's own record of when the series closed (epoch seconds), if it keeps one."""
-    database = storage / "state.sqlite3"
+    database = storage / "lungnode.sqlite3"
     if not database.exists():
         return None
     with sqlite3.connect(database) as conn:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(series)")}
-        if "closed_at" not in columns:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "series_uid" not in columns:
             return None
         row = conn.execute(
-            "SELECT closed_at FROM series WHERE series_uid = ?", (series_uid,)
+            "SELECT MIN(created_at) FROM jobs WHERE series_uid = ?", (series_uid,)
         ).fetchone()
     return float(row[0]) if row and row[0] is not None else None
 

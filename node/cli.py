@@ -229,7 +229,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     _progress(f"sending {len(files)} file(s) to {destination}")
     report = send_files(files, destination, settings)
-    print(report.summary())
+    if report.association_error:
+        print(f"lungnode send: no association with {destination}: {report.association_error}", file=sys.stderr)
+    for path, reason in report.errors.items():
+        print(f"lungnode send: {path}: {reason}", file=sys.stderr)
+    print(f"{len(report.delivered)} of {len(files)} file(s) delivered to {destination}")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -239,9 +243,12 @@ def cmd_echo(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     _configure_logging(settings.logging.level, args.verbose)
     destination = Destination.parse(args.peer)
-    result = echo(destination, settings)
-    print(result.summary())
-    return EXIT_OK if result.ok else EXIT_FAILURE
+    status = echo(destination, settings)
+    if status is None:
+        print(f"C-ECHO {destination}: no association (peer down, refused, or wrong AE title)")
+        return EXIT_FAILURE
+    print(f"C-ECHO {destination}: status 0x{status:04X}" + (" (success)" if status == 0 else ""))
+    return EXIT_OK if status == 0 else EXIT_FAILURE
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -505,6 +505,24 @@ class StateStore:
         )
         return row[0][0]
 
+    def recent_series(self, limit: int = 20) -> list[SeriesRecord]:
+        rows = self._query(
+            "SELECT * FROM series ORDER BY last_instance_at DESC LIMIT ?", (limit,)
+        )
+        return [SeriesRecord(*r) for r in rows]
+
+    def recent_jobs(self, limit: int = 20) -> list[JobRecord]:
+        rows = self._query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+        return [JobRecord(*r) for r in rows]
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        """How many series, jobs and deliveries are in each state."""
+        counts: dict[str, dict[str, int]] = {}
+        for table in ("series", "jobs", "deliveries"):
+            rows = self._query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")
+            counts[table] = {state: count for state, count in rows}
+        return counts
+
     def deliveries(self, *, job_id: int | None = None, state: str | None = None) -> list[DeliveryRecord]:
         sql, params = "SELECT * FROM deliveries WHERE 1=1", []
         if job_id is not None:

@@ -114,10 +114,11 @@ def test_real_chest_ct_scanner_to_node_to_pacs(orthanc, tmp_path: Path, shared_d
     """LIDC-IDRI-0001 (133 real slices): storescu -> node -> Orthanc; SEG + SR in its study."""
     series_dir = shared_data / "lidc_idri_chest_ct_dicom" / "LIDC-IDRI-0001_full_series"
     study_uid = _study_uid(series_dir)
+    slices = sorted(series_dir.glob("*.dcm"))  # the folder also holds the LIDC reads (XML)
     # the PACS already holds the CT, as it would when it auto-routes it to the node
-    assert storescu(series_dir, orthanc.dicom_port, aec=orthanc.aet).returncode == 0
+    assert storescu(slices, orthanc.dicom_port, aec=orthanc.aet).returncode == 0
     with NodeProcess(tmp_path / "node", destinations=[(orthanc.aet, orthanc.dicom_port)]) as node:
-        sent = storescu(series_dir, node.port, aec=node.ae_title)
+        sent = storescu(slices, node.port, aec=node.ae_title)
         assert sent.returncode == 0, sent.stderr
         seg, sr = _check_results_in_pacs(orthanc, study_uid, tmp_path, node)
     measurements = next((node.storage / "outbox").rglob("measurements.json"))
@@ -135,7 +136,7 @@ def test_phantom_through_the_network_and_results_routed_back(orthanc, tmp_path: 
     assert _lungnode("phantom", "--out", str(phantom_dir), "--seed", "5").returncode == 0
     study_uid = _study_uid(phantom_dir)
     with NodeProcess(tmp_path / "node", destinations=[(orthanc.aet, orthanc.dicom_port)]) as node:
-        assert storescu(phantom_dir, node.port, aec=node.ae_title).returncode == 0
+        assert storescu(sorted(phantom_dir.glob("*.dcm")), node.port, aec=node.ae_title).returncode == 0
         classes = _check_results_in_pacs(orthanc, study_uid, tmp_path, node)
         assert classes
         # route the results back to the node, as an auto-routing PACS would

@@ -1,0 +1,473 @@
+"""Five lung lobes from an HU volume and the left/right lung masks (no learned model, no labels).
+
+Method (sizes in mm; the heavy work runs on a working grid of about 1.5 mm, cropped to each
+lung, and the labels are mapped back to the input grid by index):
+
+1. Orientation. z is the slice axis; which end is cranial is *detected* unless passed in
+   (``cranial_end``): near the apex a lung's axial cross-section is a compact blob filling
+   most of its bounding box, near the base a thin crescent around the diaphragmatic dome, so
+   the end whose slices have the higher area / bounding-box ratio is cranial (see
+   ``detect_cranial_end``). A ratio between the ends under 1.3 is ambiguous and noted. Rows (y) are assumed anterior at low index (standard axial DICOM
+   display, LPS row direction +y); the caller flips other data first.
+2. Geometric model (always computed; the fallback and the prior). Per lung, with H its
+   cranio-caudal height and D its antero-posterior depth (robust percentiles of the mask):
+   - major (oblique) fissure: in the sagittal plane the straight line from the posterior
+     border at ``MAJOR_POSTERIOR_HEIGHT`` x H above the base (about T4-T5) down to the base at
+     ``MAJOR_ANTERIOR_DEPTH`` x D behind the anterior border; above/in front of it = upper lobe
+     (and middle lobe on the right);
+   - horizontal fissure (right): the axial plane at ``HORIZONTAL_HEIGHT`` x H above the base
+     (about the 4th costal cartilage), only in front of the major fissure; above = upper lobe.
+   The constants are anatomical rules of thumb, set once (they were tuned against the lobe
+   volume fractions of normal lungs, not against any of the reference label maps).
+3. Fissure enhancement (only when slices are <= 2.5 mm thick): Hessian of the working-grid
+   HU at sigma 1.5 mm; eigenvalues sorted by magnitude |l1| <= |l2| <= |l3|. A bright sheet
+   has l3 << 0 and l1, l2 ~ 0, so sheetness = max(0, -l3) * exp(-(|l2|/|l3|)^2 / (2*0.5^2))
+   (tubes and blobs, where |l2| ~ |l3|, are suppressed), mapped to [0, 1) by
+   1 - exp(-(s / SHEET_SCALE)^2 / 2). Vessels and other dense tissue (working-grid HU above
+   ``VESSEL_HU``, dilated by one voxel) are zeroed, as is everything within
+   ``PLEURA_MARGIN_MM`` of the lung surface (the chest wall edge is a sheet too) and outside
+   the plausible fissure zone (``BAND_MM`` either side of the geometric fissures).
+4. Region growing: markers are the geometric lobes minus the fissure zone (i.e. anatomical
+   seeds: apex/anterior for the upper lobe, posterior base for the lower, anterior-inferior-
+   medial for the middle), and SimpleITK's MorphologicalWatershedFromMarkers floods the zone
+   with cost = sheetness + a faint ridge on the geometric fissure (so that where there is no
+   fissure signal the boundary stays on the model plane). The boundary thus sits on the
+   fissure where one is visible.
+5. Confidence. For each fissure (left major, right major, right horizontal) the support is
+   the fraction of its final boundary voxels (away from the pleura) whose sheetness, maximum
+   over the 3x3x3 neighbourhood, is >= ``SUPPORT_SHEETNESS``. A fissure with support >=
+   ``SUPPORT_FRACTION`` is "found"; otherwise its boundary is replaced by the geometric model.
+   A lobe is "high" confidence (method "fissure") when every fissure that bounds it was found,
+   else "low" (method "geometric"). Thick slices, no fissure signal, a lung cut by the field
+   of view or an ambiguous orientation all give "low" with a note.
+
+Limits: the geometric model is a straight plane per fissure and knows nothing of the patient's
+actual anatomy (accessory fissures, incomplete fissures, post-operative lungs); a dense lesion
+that hides a fissure makes that fissure fall back to the plane; the support criterion counts
+any sheet on the boundary, so a strongly sheet-like lesion edge in the zone can be taken for
+a fissure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from segmentation.types import LOBE_KEYS, Lobe, Volume
+
+WORK_SPACING_MM = 1.5
+MAX_FISSURE_SLICE_MM = 2.5
+HESSIAN_SIGMA_MM = 1.5
+SHEET_SCALE = 12.0  # HU/mm^2: sheet strength that maps to sheetness 0.39
+VESSEL_HU = -450.0
+PLEURA_MARGIN_MM = 4.0
+BAND_MM = 20.0
+PRIOR_RIDGE = 0.05
+SUPPORT_SHEETNESS = 0.3
+SUPPORT_FRACTION = 0.5
+ORIENTATION_MIN_RATIO = 1.3
+
+MAJOR_POSTERIOR_HEIGHT = 0.62
+MAJOR_ANTERIOR_DEPTH = 0.30
+MAJOR_ANTERIOR_HEIGHT = 0.0
+HORIZONTAL_HEIGHT = 0.55
+
+LEFT_LOBES = (Lobe.LEFT_UPPER, Lobe.LEFT_LOWER)
+RIGHT_LOBES = (Lobe.RIGHT_UPPER, Lobe.RIGHT_MIDDLE, Lobe.RIGHT_LOWER)
+
+
+@dataclass
+class LobeResult:
+    """Lobe labels on the input Volume's grid.
+
+    labels: uint8 (z, y, x), Lobe values inside the lungs, 0 elsewhere.
+    confidence: per LOBE_KEYS value, "high" | "low" (see the module docstring for the rule).
+    method: per LOBE_KEYS value, "fissure" | "geometric": where the lobe's boundaries came from.
+    notes: quality remarks (thick slices, fissure support per fissure, orientation, FOV cut).
+    fissure_support: per fissure ("left_major", "right_major", "right_horizontal") the
+        fraction of its boundary on a visible fissure; None when fissures were not searched.
+    cranial_end: "low" | "high": which end of z is towards the head (as used).
+    """
+
+    labels: np.ndarray
+    confidence: dict[str, str]
+    method: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+    fissure_support: dict[str, float | None] = field(default_factory=dict)
+    cranial_end: str = "high"
+
+
+# ---------------------------------------------------------------------------------------
+# working grid
+
+
+@dataclass
+class _Grid:
+    """Block-averaged crop of the input: input index i maps to working index (i - lo) // f."""
+
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+    f: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+
+def _make_grid(spacing_in, mask: np.ndarray, margin_mm: float = 6.0) -> _Grid | None:
+    f = tuple(max(1, int(round(WORK_SPACING_MM / s))) for s in spacing_in)
+    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+    if any(i.size == 0 for i in idx):
+        return None
+    lo, hi = [], []
+    for ax in range(3):
+        m = int(np.ceil(margin_mm / spacing_in[ax]))
+        a, b = max(0, idx[ax][0] - m), min(mask.shape[ax], idx[ax][-1] + 1 + m)
+        n = int(np.ceil((b - a) / f[ax])) * f[ax]
+        a = max(0, min(a, mask.shape[ax] - n)) if n <= mask.shape[ax] else a
+        lo.append(a)
+        hi.append(a + n)
+    return _Grid(tuple(lo), tuple(hi), f, tuple(s * k for s, k in zip(spacing_in, f)))
+
+
+def _reduce(arr: np.ndarray, g: _Grid, how: str) -> np.ndarray:
+    sub = arr[g.lo[0]:g.hi[0], g.lo[1]:g.hi[1], g.lo[2]:g.hi[2]]
+    pad = [(0, (h - l) - n) for l, h, n in zip(g.lo, g.hi, sub.shape)]
+    if any(p[1] for p in pad):
+        sub = np.pad(sub, pad, mode="edge")
+    z, y, x = sub.shape
+    fz, fy, fx = g.f
+    blocks = sub.reshape(z // fz, fz, y // fy, fy, x // fx, fx)
+    if how == "mean":
+        return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+    return blocks.any(axis=(1, 3, 5))
+
+
+def _expand(labels_w: np.ndarray, g: _Grid, shape) -> np.ndarray:
+    out = np.zeros(shape, np.uint8)
+    idx = [(np.arange(g.lo[a], min(g.hi[a], shape[a])) - g.lo[a]) // g.f[a] for a in range(3)]
+    out[g.lo[0]:g.lo[0] + idx[0].size, g.lo[1]:g.lo[1] + idx[1].size, g.lo[2]:g.lo[2] + idx[2].size] = \
+        labels_w[np.ix_(*idx)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# orientation and geometry
+
+
+def _fill_ratio_profile(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice: lung area and area / bounding-box area (0 where the slice is empty)."""
+    area = mask.sum(axis=(1, 2)).astype(np.float64)
+    ratio = np.zeros_like(area)
+    rows, cols = mask.any(axis=2), mask.any(axis=1)
+    for z in np.nonzero(area)[0]:
+        ys, xs = np.nonzero(rows[z])[0], np.nonzero(cols[z])[0]
+        ratio[z] = area[z] / ((ys[-1] - ys[0] + 1) * (xs[-1] - xs[0] + 1))
+    return area, ratio
+
+
+def detect_cranial_end(lung_left: np.ndarray, lung_right: np.ndarray, notes: list[str] | None = None) -> str:
+    """"low" or "high": the end of z towards the head.
+
+    In the 20 % of a lung's cranio-caudal extent at each end, the apex is a compact blob that
+    fills most of its axial bounding box (fill ratio ~0.6-0.75), while the base is a thin
+    crescent around the diaphragmatic dome and the costophrenic recesses (~0.05-0.3). The end
+    whose mean fill ratio (both lungs) is higher is cranial; a ratio between the two ends
+    under ORIENTATION_MIN_RATIO is ambiguous and noted. (The area profile alone is not
+    reliable: the dome makes the bases taper over a longer distance than the apex.)
+    """
+    sums = np.zeros(2)
+    counts = np.zeros(2)
+    for mask in (lung_left, lung_right):
+        area, ratio = _fill_ratio_profile(mask)
+        zs = np.nonzero(area)[0]
+        if zs.size < 5:
+            continue
+        k = max(2, int(round(0.2 * (zs[-1] - zs[0] + 1))))
+        for e, sl in enumerate((slice(zs[0], zs[0] + k), slice(zs[-1] - k + 1, zs[-1] + 1))):
+            sums[e] += ratio[sl].mean()
+            counts[e] += 1
+    if counts.min() == 0:
+        if notes is not None:
+            notes.append("orientation: lungs too short to tell the apex; assumed z increases cranially")
+        return "high"
+    low_fill, high_fill = sums / counts
+    end = "high" if high_fill > low_fill else "low"
+    ratio = max(low_fill, high_fill) / max(min(low_fill, high_fill), 1e-6)
+    if notes is not None and ratio < ORIENTATION_MIN_RATIO:
+        notes.append(f"orientation ambiguous (end fill-ratio {ratio:.2f}); took the {end} z end as cranial")
+    return end
+
+
+@dataclass
+class _LungFrame:
+    """mm coordinates of one lung: height above its base, depth behind its anterior border."""
+
+    base_mm: float
+    height_mm: float
+    ant_mm: float
+    depth_mm: float
+
+
+def _lung_frame(zc_mm: np.ndarray, y_mm: np.ndarray, rel_span: tuple[float, float] | None,
+                zc_first: float, zc_last: float) -> _LungFrame:
+    if rel_span is None:
+        base, top = np.percentile(zc_mm, [0.1, 99.9])
+    else:  # the volume holds only part of the lung: rel_span = relative height of its two ends
+        (h0, h1) = rel_span
+        lo_mm, hi_mm = min(zc_first, zc_last), max(zc_first, zc_last)
+        h = (hi_mm - lo_mm) / max(h1 - h0, 1e-3)
+        base, top = lo_mm - h0 * h, lo_mm - h0 * h + h
+    ant, post = np.percentile(y_mm, [1.0, 99.0])
+    return _LungFrame(float(base), float(max(top - base, 1.0)), float(ant), float(max(post - ant, 1.0)))
+
+
+def _major_distance(zc_mm, y_mm, fr: _LungFrame) -> np.ndarray:
+    """Signed distance (mm) to the major fissure plane; > 0 on the upper(/middle) lobe side."""
+    y0, z0 = fr.ant_mm + MAJOR_ANTERIOR_DEPTH * fr.depth_mm, fr.base_mm + MAJOR_ANTERIOR_HEIGHT * fr.height_mm
+    y1, z1 = fr.ant_mm + fr.depth_mm, fr.base_mm + MAJOR_POSTERIOR_HEIGHT * fr.height_mm
+    m = (z1 - z0) / (y1 - y0)
+    return (zc_mm - (z0 + m * (y_mm - y0))) / np.sqrt(1.0 + m * m)
+
+
+def _horizontal_distance(zc_mm, fr: _LungFrame) -> np.ndarray:
+    """Signed distance (mm) to the horizontal fissure plane; > 0 on the upper lobe side."""
+    return zc_mm - (fr.base_mm + HORIZONTAL_HEIGHT * fr.height_mm)
+
+
+# ---------------------------------------------------------------------------------------
+# fissure enhancement
+
+
+def sheetness(hu: np.ndarray, spacing: tuple[float, float, float], where: np.ndarray,
+              sigma_mm: float = HESSIAN_SIGMA_MM) -> np.ndarray:
+    """Bright-sheet response in [0, 1) at the voxels of ``where`` (0 elsewhere); see docstring."""
+    out = np.zeros(hu.shape, np.float32)
+    if not where.any():
+        return out
+    sig = [max(sigma_mm, 0.5 * s) / s for s in spacing]
+    img = hu.astype(np.float32)
+    comp = {}
+    for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
+        order = [0, 0, 0]
+        order[i] += 1
+        order[j] += 1
+        d = ndi.gaussian_filter(img, sig, order=order, mode="nearest", truncate=3.0)
+        comp[i, j] = d[where] / (spacing[i] * spacing[j])
+    n = comp[0, 0].size
+    hm = np.empty((n, 3, 3), np.float32)
+    for (i, j), v in comp.items():
+        hm[:, i, j] = v
+        hm[:, j, i] = v
+    ev = np.linalg.eigvalsh(hm)
+    order_ = np.argsort(np.abs(ev), axis=1)
+    ev = np.take_along_axis(ev, order_, axis=1)
+    l2, l3 = np.abs(ev[:, 1]), ev[:, 2]
+    strength = np.maximum(0.0, -l3) * np.exp(-((l2 / np.maximum(np.abs(l3), 1e-6)) ** 2) / (2 * 0.5 ** 2))
+    out[where] = 1.0 - np.exp(-((strength / SHEET_SCALE) ** 2) / 2.0)
+    return out
+
+
+def _watershed(cost: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    ws = sitk.MorphologicalWatershedFromMarkers(sitk.GetImageFromArray(cost.astype(np.float32)),
+                                                sitk.GetImageFromArray(markers.astype(np.uint8)),
+                                                markWatershedLine=False, fullyConnected=False)
+    return sitk.GetArrayFromImage(ws).astype(np.uint8)
+
+
+def _boundary_support(labels: np.ndarray, a: set[int], b: set[int], sheet_max: np.ndarray,
+                      interior: np.ndarray) -> float | None:
+    """Fraction of the a|b boundary voxels (on the a side, away from the pleura) on a fissure."""
+    in_a = np.isin(labels, list(a))
+    in_b = np.isin(labels, list(b))
+    near_b = ndi.binary_dilation(in_b)
+    bnd = in_a & near_b & interior
+    n = int(bnd.sum())
+    if n < 20:
+        return None
+    return float((sheet_max[bnd] >= SUPPORT_SHEETNESS).mean())
+
+
+# ---------------------------------------------------------------------------------------
+# one lung
+
+
+def _one_lung(hu_w: np.ndarray | None, lung_w: np.ndarray, g: _Grid, cranial_sign: float,
+              zc0: float, right: bool, rel_span, zc_ends: tuple[float, float]):
+    """Labels on the working crop, per-lobe method and per-fissure support for one lung."""
+    sz, sy, sx = g.spacing
+    zc_axis = cranial_sign * (np.arange(lung_w.shape[0]) * sz) + zc0
+    y_axis = np.arange(lung_w.shape[1]) * sy
+    zz, yy, _ = np.nonzero(lung_w)
+    fr = _lung_frame(zc_axis[zz], y_axis[yy], rel_span, *zc_ends)
+    zc3 = zc_axis[:, None, None]
+    y3 = y_axis[None, :, None]
+    d_major = np.broadcast_to(_major_distance(zc3, y3, fr), lung_w.shape)
+    d_h = np.broadcast_to(_horizontal_distance(zc3, fr), lung_w.shape) if right else None
+
+    def geometric() -> np.ndarray:
+        lab = np.zeros(lung_w.shape, np.uint8)
+        upper = d_major > 0
+        if right:
+            lab[lung_w & ~upper] = Lobe.RIGHT_LOWER
+            lab[lung_w & upper & (d_h > 0)] = Lobe.RIGHT_UPPER
+            lab[lung_w & upper & (d_h <= 0)] = Lobe.RIGHT_MIDDLE
+        else:
+            lab[lung_w & upper] = Lobe.LEFT_UPPER
+            lab[lung_w & ~upper] = Lobe.LEFT_LOWER
+        return lab
+
+    geo = geometric()
+    lobes = RIGHT_LOBES if right else LEFT_LOBES
+    fissures = ("right_major", "right_horizontal") if right else ("left_major",)
+    if hu_w is None:
+        return geo, {lb: "geometric" for lb in lobes}, {f: None for f in fissures}
+
+    # fissure zone, pleura margin, vessels
+    zone = np.abs(d_major) <= BAND_MM
+    if right:
+        zone = zone | ((np.abs(d_h) <= BAND_MM) & (d_major > -BAND_MM))
+    depth = ndi.distance_transform_edt(lung_w, sampling=g.spacing)
+    interior = depth > PLEURA_MARGIN_MM
+    dense = ndi.binary_dilation(hu_w > VESSEL_HU)
+    where = lung_w & zone & interior & ~dense
+    sheet = sheetness(hu_w, g.spacing, where)
+
+    # markers: geometric lobes outside the zone (shrink the zone for a lobe that vanishes)
+    markers = np.zeros(lung_w.shape, np.uint8)
+    for lb in lobes:
+        for band in (BAND_MM, BAND_MM / 2, BAND_MM / 4, 0.0):
+            far = np.abs(d_major) > band
+            if right and lb != Lobe.RIGHT_LOWER:
+                far = far & (np.abs(d_h) > band)
+            m = (geo == lb) & far
+            if m.sum() >= 30 or band == 0.0:
+                break
+        markers[m] = lb
+    ridge = np.maximum(0.0, 1.0 - np.abs(d_major) / BAND_MM)
+    if right:
+        ridge = np.maximum(ridge, np.where(d_major > -BAND_MM, np.maximum(0.0, 1.0 - np.abs(d_h) / BAND_MM), 0.0))
+    cost = np.where(lung_w, sheet + PRIOR_RIDGE * ridge, 10.0).astype(np.float32)
+    ws = _watershed(cost, markers)
+    ws[~lung_w] = 0
+
+    sheet_max = ndi.maximum_filter(sheet, size=3)
+    support: dict[str, float | None] = {}
+    if right:
+        support["right_major"] = _boundary_support(ws, {Lobe.RIGHT_UPPER, Lobe.RIGHT_MIDDLE},
+                                                   {Lobe.RIGHT_LOWER}, sheet_max, interior)
+        support["right_horizontal"] = _boundary_support(ws, {Lobe.RIGHT_UPPER}, {Lobe.RIGHT_MIDDLE},
+                                                        sheet_max, interior)
+    else:
+        support["left_major"] = _boundary_support(ws, {Lobe.LEFT_UPPER}, {Lobe.LEFT_LOWER}, sheet_max, interior)
+    found = {k: (v is not None and v >= SUPPORT_FRACTION) for k, v in support.items()}
+
+    if not right:
+        if found["left_major"]:
+            return ws, {lb: "fissure" for lb in lobes}, support
+        return geo, {lb: "geometric" for lb in lobes}, support
+    if not found["right_major"]:
+        return geo, {lb: "geometric" for lb in lobes}, support
+    if found["right_horizontal"]:
+        return ws, {lb: "fissure" for lb in lobes}, support
+    lab = ws.copy()
+    upper_middle = (ws == Lobe.RIGHT_UPPER) | (ws == Lobe.RIGHT_MIDDLE)
+    lab[upper_middle & (d_h > 0)] = Lobe.RIGHT_UPPER
+    lab[upper_middle & (d_h <= 0)] = Lobe.RIGHT_MIDDLE
+    return lab, {Lobe.RIGHT_UPPER: "geometric", Lobe.RIGHT_MIDDLE: "geometric",
+                 Lobe.RIGHT_LOWER: "fissure"}, support
+
+
+# ---------------------------------------------------------------------------------------
+# public
+
+
+def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray, *,
+                  cranial_end: str | None = None, use_fissures: bool = True,
+                  relative_height_span: tuple[float, float] | None = None) -> LobeResult:
+    """Label the five lobes inside the given lung masks.
+
+    volume: HU volume (z, y, x), rows anterior at low index, columns patient's left at high
+        index (standard axial); z may run either way (see ``cranial_end``).
+    lung_left, lung_right: boolean masks on volume's grid (the patient's left / right lung).
+    cranial_end: "low" | "high" (the z end towards the head) or None to detect it.
+    use_fissures: False skips the fissure search (geometric model only, e.g. without a CT).
+    relative_height_span: for a volume that holds only a slab of the lungs, the relative
+        cranio-caudal height in the lung (0 = base, 1 = apex) of its lowest and highest slice
+        (mm-wise); by default each lung's own extent in the volume is its full height.
+    """
+    hu = volume.hu
+    if lung_left.shape != hu.shape or lung_right.shape != hu.shape:
+        raise ValueError(f"lung masks {lung_left.shape}/{lung_right.shape} do not match volume {hu.shape}")
+    if cranial_end not in (None, "low", "high"):
+        raise ValueError(f"cranial_end must be 'low', 'high' or None, got {cranial_end!r}")
+    lung_left = lung_left.astype(bool, copy=False)
+    lung_right = lung_right.astype(bool, copy=False)
+    notes: list[str] = []
+    if cranial_end is None:
+        cranial_end = detect_cranial_end(lung_left, lung_right, notes)
+    cranial_sign = 1.0 if cranial_end == "high" else -1.0
+
+    thick = volume.spacing_mm[0] > MAX_FISSURE_SLICE_MM
+    search = use_fissures and not thick
+    if use_fissures and thick:
+        notes.append(f"slices {volume.spacing_mm[0]:.2f} mm apart (> {MAX_FISSURE_SLICE_MM} mm): "
+                     "fissures unreliable, geometric lobe model used")
+    elif not use_fissures:
+        notes.append("fissure search off: geometric lobe model used")
+
+    labels = np.zeros(hu.shape, np.uint8)
+    method: dict[str, str] = {}
+    support: dict[str, float | None] = {}
+    for right, mask in ((False, lung_left), (True, lung_right)):
+        lobes = RIGHT_LOBES if right else LEFT_LOBES
+        side = "right" if right else "left"
+        g = _make_grid(volume.spacing_mm, mask)
+        if g is None:
+            notes.append(f"{side} lung mask empty: its lobes are empty")
+            method.update({LOBE_KEYS[lb]: "geometric" for lb in lobes})
+            continue
+        _note_fov_cut(mask, side, notes)
+        lung_w = _reduce(mask, g, "any")
+        hu_w = _reduce(hu, g, "mean") if search else None
+        # cranio-caudal mm of working slice 0, in a frame shared by both lungs
+        zc0 = cranial_sign * (g.lo[0] + (g.f[0] - 1) / 2.0) * volume.spacing_mm[0]
+        zc_ends = (0.0, cranial_sign * (hu.shape[0] - 1) * volume.spacing_mm[0])
+        lab_w, meth, sup = _one_lung(hu_w, lung_w, g, cranial_sign, zc0, right, relative_height_span, zc_ends)
+        full = _expand(lab_w, g, hu.shape)
+        full[~mask] = 0
+        missing = mask & (full == 0)
+        if missing.any():  # voxels whose working block fell outside the working lung: nearest lobe
+            idx = ndi.distance_transform_edt(full == 0, return_distances=False, return_indices=True)
+            full[missing] = full[tuple(i[missing] for i in idx)]
+        labels[mask] = full[mask]
+        method.update({LOBE_KEYS[lb]: m for lb, m in meth.items()})
+        support.update(sup)
+
+    for name, s in support.items():
+        if s is None:
+            notes.append(f"{name} fissure: boundary too small to measure support")
+        else:
+            verdict = "found" if s >= SUPPORT_FRACTION else "not found, geometric model used"
+            notes.append(f"{name} fissure: {100 * s:.0f}% of the boundary on a visible fissure ({verdict})")
+    cut = any("field of view" in n for n in notes)
+    ambiguous = any(n.startswith("orientation") for n in notes)
+    confidence = {}
+    for lb, key in LOBE_KEYS.items():
+        empty = not (labels == lb).any()
+        if empty:
+            notes.append(f"{key} lobe empty")
+        ok = method.get(key) == "fissure" and not empty and not ambiguous and not cut
+        confidence[key] = "high" if ok else "low"
+    if not search:
+        support = {k: None for k in ("left_major", "right_major", "right_horizontal")}
+    return LobeResult(labels=labels, confidence=confidence, method=method, notes=notes,
+                      fissure_support=support, cranial_end=cranial_end)
+
+
+def _note_fov_cut(mask: np.ndarray, side: str, notes: list[str]) -> None:
+    area = mask.sum(axis=(1, 2))
+    peak = area.max()
+    for end, a in (("first", area[0]), ("last", area[-1])):
+        if peak and a > 0.25 * peak:
+            notes.append(f"{side} lung cut by the field of view at the {end} slice: lobe model extents are guesses")
