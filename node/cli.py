@@ -120,6 +120,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     _configure_logging(settings.logging.level, args.verbose)
     from node.app import Node
+    from segmentation.engine import EngineUnavailable, check_engine
+
+    try:
+        check_engine(settings.analysis.engine)
+    except EngineUnavailable as exc:
+        print(f"lungnode run: analysis.engine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     node = Node(settings)
     stopping = []

@@ -3,6 +3,8 @@ instances sent with dcmtk storescu)."""
 
 from __future__ import annotations
 
+import os
+
 import pydicom
 import pytest
 
@@ -96,3 +98,21 @@ def test_bad_input_fails_job_without_crashing(node_factory, tmp_path):
     assert storescu(files, node.port).returncode == 0
     series = _series_state(node, pydicom.dcmread(files[0]).SeriesInstanceUID, "failed")
     assert "slice gap" in series.reason
+
+
+def test_retention_removes_spool_of_finished_series_and_keeps_measurements(node_factory, tmp_path):
+    """After retention_days the spool of an analysed series goes; results stay recorded.
+    Without destinations the outbox is where the results live, so it stays too."""
+    node = node_factory(RecordingAnalysis(), storage={"retention_days": 1})
+    files = make_series(tmp_path / "r", 4)
+    uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    assert storescu(files, node.port).returncode == 0
+    series = _series_state(node, uid, SERIES_DONE)
+    spooled = [i.path for i in node.store.series_instances(uid)]
+    assert spooled and all(os.path.exists(p) for p in spooled)
+    assert node.apply_retention(now=series.last_instance_at + 3600) == 0  # too early
+    assert node.apply_retention(now=series.last_instance_at + 2 * 86400) == 1
+    assert not any(os.path.exists(p) for p in spooled)
+    assert node.store.latest_result(uid) is not None          # measurements stay
+    assert (node.spool.outbox_path(uid, 1) / "sc.dcm").is_file()  # no destinations: kept
+    assert node.apply_retention(now=series.last_instance_at + 3 * 86400) == 0  # once only
