@@ -30,6 +30,7 @@ from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node._fastscp import FastRequestHandler
+from node.ae import configured_ae
 from node.config import Settings
 from node.spool import OutOfSpace, Spool, write_atomically
 from node.store import InstanceRecord, StateStore
@@ -267,12 +268,8 @@ def _quarantine(ctx: StoreContext, received: "_Received | None", event, reason: 
 def make_ae(settings: Settings) -> AE:
     """An AE configured from ``settings.network`` with every accepted presentation context."""
     net = settings.network
-    ae = AE(ae_title=net.ae_title)
+    ae = configured_ae(net)
     ae.maximum_associations = net.max_associations
-    ae.acse_timeout = net.acse_timeout_s
-    ae.dimse_timeout = net.dimse_timeout_s
-    ae.network_timeout = net.network_timeout_s
-    ae.maximum_pdu_size = net.max_pdu_bytes
     ae.require_called_aet = True
     ae.require_calling_aet = list(net.allowed_calling_ae_titles)
     ae.add_supported_context(VERIFICATION_SOP_CLASS)

@@ -28,6 +28,7 @@ import pydicom
 from apscheduler.schedulers.base import BaseScheduler
 from pynetdicom import AE, evt
 
+from node.ae import configured_ae
 from node.config import Destination, Settings
 from node.store import StateStore
 
@@ -62,13 +63,8 @@ def _set_nodelay(event) -> None:
 
 
 def _scu_ae(settings: Settings) -> AE:
-    net = settings.network
-    ae = AE(ae_title=net.ae_title)
-    ae.acse_timeout = net.acse_timeout_s
-    ae.dimse_timeout = net.dimse_timeout_s
-    ae.network_timeout = net.network_timeout_s
-    ae.connection_timeout = net.acse_timeout_s
-    ae.maximum_pdu_size = net.max_pdu_bytes
+    ae = configured_ae(settings.network)
+    ae.connection_timeout = settings.network.acse_timeout_s
     return ae
 
 

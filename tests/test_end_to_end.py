@@ -3,7 +3,6 @@ process (``lungnode run``), Orthanc as the PACS, dciodvfy on every object the PA
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from quant.ct_score import ct_score_equivalent, fit_percent, involved_lobes, lobe_score
-from quant.hu_distribution import (bin_edges, hellinger_distance, histogram_iou, load_reference,
-                                   lung_histogram)
+from quant.hu_distribution import (bin_edges, hellinger_distance, histogram_iou, load_reference)
 from quant.hu_split import split_lesion
 from quant.measure import measure
 from segmentation.types import Masks, Volume

@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import pydicom
-import pytest
 from pynetdicom import AE
 
 from node.store import JOB_DONE, JOB_RUNNING, StateStore

@@ -17,7 +17,7 @@ from node.store import (
     DELIVERY_DONE, DELIVERY_FAILED, DeliveryRequest, InstanceRecord, StateStore,
 )
 from node_testkit import make_series, make_settings
-from peers import StorescpServer, _dcmtk_env, free_port, require_binary, wait_until
+from peers import _dcmtk_env, free_port, require_binary, wait_until
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 
