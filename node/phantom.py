@@ -94,7 +94,7 @@ def _capsule(mask: np.ndarray, p0, p1, radius: float, origin, spacing, value=Tru
     hi = np.maximum(p0, p1) + radius
     idx_lo = [max(0, int(np.floor((lo[a] - origin[a]) / spacing[a]))) for a in range(3)]
     idx_hi = [min(mask.shape[a], int(np.ceil((hi[a] - origin[a]) / spacing[a])) + 1) for a in range(3)]
-    if any(h <= l for l, h in zip(idx_lo, idx_hi)):
+    if any(high <= low for low, high in zip(idx_lo, idx_hi)):
         return
     coords = [origin[a] + spacing[a] * np.arange(idx_lo[a], idx_hi[a], dtype=np.float32) for a in range(3)]
     d = p1 - p0
@@ -177,7 +177,7 @@ def phantom_with_labels(seed: int = 0, slices: int = 120, size: int = 256) -> tu
     ]
     for p0, p1, r, w in airway_segments:
         _capsule(wall, p0, p1, r + w, origin, spacing)
-    for p0, p1, r, w in airway_segments:
+    for p0, p1, r, _wall in airway_segments:
         _capsule(lumen, p0, p1, r, origin, spacing)
     wall &= ~lumen
 
@@ -204,7 +204,7 @@ def phantom_with_labels(seed: int = 0, slices: int = 120, size: int = 256) -> tu
         d2 = (((z[sl[0]] - center[0]) / radii[0])[:, None, None] ** 2
               + ((y[sl[1]] - center[1]) / radii[1])[None, :, None] ** 2
               + ((x[sl[2]] - center[2]) / radii[2])[None, None, :] ** 2)
-        out[sl] = np.sqrt(d2) <= 1.0 + 0.22 * shape_field[sl]
+        out[sl] = np.sqrt(d2) <= 1.0 + 0.22 * shape_field[sl]  # noqa: F821 (deleted only after the last call)
         return out
 
     def inside_point(lung: _Lung, mask: np.ndarray, peripheral: bool) -> tuple[float, float, float]:
