@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from segmentation.lesions_threshold import segment_lesions_threshold
+from segmentation.lobes import segment_lobes
 from segmentation.lungs import segment_lungs
 from segmentation.types import Masks, Volume
 
 ENGINES = ("threshold", "unet")
-LOBES_UNAVAILABLE_REASON = "lobe segmentation is not implemented yet (issue 3)"
 
 
 class EngineUnavailable(RuntimeError):
@@ -38,12 +38,19 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto") -> 
     lungs = segment_lungs(volume)
     lung = lungs.left | lungs.right
     lesion = segment_lesions_threshold(volume.hu, lung, volume.spacing_mm)
+    lobes = segment_lobes(volume, lungs.left, lungs.right)
+    low = sorted(key for key, level in lobes.confidence.items() if level != "high")
+    notes = list(lungs.notes) + [f"lobes: {note}" for note in lobes.notes]
+    if low:
+        notes.append(
+            "lobes with low confidence (boundary from the geometric fissure model): " + ", ".join(low)
+        )
     return Masks(
         lung_left=lungs.left,
         lung_right=lungs.right,
         lesion=lesion & lung,
         engine=engine,
-        lobes=None,
-        lobes_unavailable_reason=LOBES_UNAVAILABLE_REASON,
-        notes=list(lungs.notes),
+        lobes=lobes.labels,
+        lobe_confidence=dict(lobes.confidence),
+        notes=notes,
     )
