@@ -7,6 +7,8 @@ lungnode send <path> --to AE@host:port
 lungnode echo AE@host:port
 lungnode status
 lungnode check-config
+lungnode evaluate medseg <dir> [--json FILE] [--split all|val|train] [--engine unet|threshold]
+lungnode train [--epochs N] [--out DIR] [--seed S] [--device auto|cpu|cuda] [--site-data DIR]
 
 Exit codes: 0 success, 1 failure (network, delivery, internal), 2 usage or configuration
 error, 3 bad input (the series cannot be analysed; the message says why).
@@ -82,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    evaluate = commands.add_parser(
+        "evaluate", help="measure the lesion engine against labelled data (see: evaluate medseg -h)"
+    )
+    evaluate.add_argument("dataset", choices=("medseg",), help="layout of the labelled folder")
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER, help="<dir> [--json FILE] [--split ...]")
+
+    train = commands.add_parser("train", help="train COVID-Lesion Net (python -m segmentation.train)")
+    train.add_argument("rest", nargs=argparse.REMAINDER, help="[--epochs N] [--out DIR] [--seed S] ...")
+
     check = commands.add_parser("check-config", help="validate the config and print what is in effect")
     _add_config_flags(check)
     return parser
@@ -123,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from segmentation.engine import EngineUnavailable, check_engine
 
     try:
-        check_engine(settings.analysis.engine)
+        check_engine(settings.analysis.engine, settings.analysis.device)
     except EngineUnavailable as exc:
         print(f"lungnode run: analysis.engine: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -272,7 +283,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from segmentation.engine import EngineUnavailable, check_engine
 
     try:
-        check_engine(settings.analysis.engine)
+        check_engine(settings.analysis.engine, settings.analysis.device)
     except EngineUnavailable as exc:
         print(f"analysis.engine: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -281,7 +292,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from segmentation.evaluate_medseg import main as evaluate_medseg
+
+    return evaluate_medseg(args.rest)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from segmentation.train import main as train
+
+    return train(args.rest)
+
+
 COMMANDS = {
+    "evaluate": cmd_evaluate,
+    "train": cmd_train,
     "run": cmd_run,
     "analyze": cmd_analyze,
     "phantom": cmd_phantom,
@@ -293,6 +318,12 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # train and evaluate own their flags (and their --help): hand them over untouched
+    if argv[:1] == ["train"]:
+        return cmd_train(argparse.Namespace(rest=argv[1:]))
+    if argv[:2] == ["evaluate", "medseg"]:
+        return cmd_evaluate(argparse.Namespace(dataset="medseg", rest=argv[2:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

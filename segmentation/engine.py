@@ -14,30 +14,43 @@ class EngineUnavailable(RuntimeError):
     """The requested lesion engine cannot run in this installation (bad input, no retry)."""
 
 
-def check_engine(engine: str) -> None:
-    """Raise EngineUnavailable (or ValueError) unless ``engine`` can run here."""
+def check_engine(engine: str, device: str = "auto") -> None:
+    """Raise EngineUnavailable (or ValueError) unless ``engine`` can run here.
+
+    For ``unet`` this loads the weights once (checksum verified) and picks the device, so a
+    node with a corrupt weights file or ``device: cuda`` without a GPU stops at start-up.
+    """
     if engine not in ENGINES:
         raise ValueError(f"unknown lesion engine {engine!r} (expected one of {ENGINES})")
     if engine == "unet":
-        raise EngineUnavailable(
-            "the learned lesion model (engine 'unet') is not shipped yet: no weights in "
-            "segmentation/weights; use engine 'threshold'"
-        )
+        from segmentation.unet_engine import DEFAULT_WEIGHTS, get_engine
+
+        if not DEFAULT_WEIGHTS.is_file():
+            raise EngineUnavailable(f"no weights for engine 'unet' at {DEFAULT_WEIGHTS}")
+        try:
+            get_engine(None, device)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise EngineUnavailable(f"engine 'unet' cannot start: {exc}") from exc
 
 
 def segment(volume: Volume, engine: str = "threshold", device: str = "auto") -> Masks:
     """Segment lungs (left/right) and lesions of ``volume``.
 
-    engine: "threshold" (classical, segmentation.lesions_threshold) or "unet" (the learned
-        model: not shipped yet, raises EngineUnavailable).
-    device: "auto" | "cpu" | "cuda"; the threshold engine runs on the CPU whatever is given.
+    engine: "unet" (COVID-Lesion Net, segmentation.unet_engine; weights shipped in
+        segmentation/weights) or "threshold" (classical, segmentation.lesions_threshold).
+    device: "auto" | "cpu" | "cuda" for the network; the threshold engine always uses the CPU.
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
-    check_engine(engine)
+    check_engine(engine, device)
     lungs = segment_lungs(volume)
     lung = lungs.left | lungs.right
-    lesion = segment_lesions_threshold(volume.hu, lung, volume.spacing_mm)
+    if engine == "unet":
+        from segmentation.unet_engine import segment_lesions_unet
+
+        lesion = segment_lesions_unet(volume, lung, device=device)
+    else:
+        lesion = segment_lesions_threshold(volume.hu, lung, volume.spacing_mm)
     lobes = segment_lobes(volume, lungs.left, lungs.right)
     low = sorted(key for key, level in lobes.confidence.items() if level != "high")
     notes = list(lungs.notes) + [f"lobes: {note}" for note in lobes.notes]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 
 import pytest
+import torch
 
 from node.phantom import phantom_volume
 from quant.measure import measure
-from segmentation.engine import EngineUnavailable, segment
+from segmentation.engine import EngineUnavailable, check_engine, segment
 
 from test_lungs import LIDC, load_every_second_slice
 
@@ -33,7 +34,10 @@ def test_lesion_free_real_lung_small_percentage():
     assert result.lesion_pct < LESION_FREE_MAX_PCT
 
 
-def test_unet_engine_unavailable():
+def test_engine_refusals_name_the_problem():
     volume, _ = phantom_volume(seed=0, slices=40, size=128)
-    with pytest.raises(EngineUnavailable, match="not shipped"):
-        segment(volume, engine="unet")
+    with pytest.raises(ValueError, match="unknown lesion engine"):
+        segment(volume, engine="nnunet")
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineUnavailable, match="cuda"):
+            check_engine("unet", "cuda")
