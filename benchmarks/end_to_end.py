@@ -61,7 +61,7 @@ def _series_closed_at(storage: Path, series_uid: str) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
-def run_once(workdir: Path, series_dir: Path, truth: dict, quiet_period_s: float) -> dict:
+def run_once(workdir: Path, series_dir: Path, quiet_period_s: float, engine: str | None) -> dict:
     import pydicom
 
     first = next(series_dir.glob("*.dcm"))
@@ -71,6 +71,7 @@ def run_once(workdir: Path, series_dir: Path, truth: dict, quiet_period_s: float
             workdir / "node",
             destinations=[(orthanc.aet, orthanc.dicom_port)],
             quiet_period_s=quiet_period_s,
+            overrides={"analysis": {"engine": engine}} if engine else None,
         ).start()
         try:
             started = time.time()
@@ -89,6 +90,7 @@ def run_once(workdir: Path, series_dir: Path, truth: dict, quiet_period_s: float
             closed_at = sent_at + quiet_period_s
             source = "storescu end + quiet period"
     return {
+        "engine": engine or "config default",
         "send_s": round(sent_at - started, 2),
         "close_to_sr_s": round(sr_at - closed_at, 2),
         "closed_at_from": source,
@@ -102,14 +104,15 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--quiet-period-s", type=float, default=2.0)
+    parser.add_argument("--engine", choices=("unet", "threshold"), help="default: config.yaml's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lungnode-e2e-") as tmp:
         tmp_path = Path(tmp)
         series_dir = tmp_path / "series"
-        truth = write_phantom(series_dir, seed=11, slices=args.slices, size=args.size)
+        write_phantom(series_dir, seed=11, slices=args.slices, size=args.size)
         (series_dir / "truth.json").unlink(missing_ok=True)
         results = [
-            run_once(tmp_path / f"round{i}", series_dir, truth, args.quiet_period_s)
+            run_once(tmp_path / f"round{i}", series_dir, args.quiet_period_s, args.engine)
             for i in range(args.rounds)
         ]
     for result in results:

@@ -1,7 +1,7 @@
 """The ``lungnode`` command line. Command names and flags are a contract (issue 2).
 
 lungnode run [--config FILE] [--ae-title T] [--port N] [--storage DIR] [--destination AE@host:port ...]
-lungnode analyze <dicom-dir> --out <dir>
+lungnode analyze <dicom-dir> --out <dir> [--config FILE] [--engine unet|threshold]
 lungnode phantom --out <dir> [--seed N]
 lungnode send <path> --to AE@host:port
 lungnode echo AE@host:port
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("dicom_dir", type=Path, help="folder with the CT series (searched recursively)")
     analyze.add_argument("--out", type=Path, required=True, help="folder for seg.dcm, sr.dcm, measurements.json")
     analyze.add_argument("--config", type=Path, help="config file (analysis settings)")
+    analyze.add_argument(
+        "--engine", choices=("unet", "threshold"), help="override analysis.engine for this run"
+    )
 
     phantom = commands.add_parser("phantom", help="write a synthetic chest CT series with truth.json")
     phantom.add_argument("--out", type=Path, required=True)
@@ -184,7 +187,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from node.volume import VolumeError
     from segmentation.engine import EngineUnavailable
 
-    settings = load_settings(args.config)
+    overrides = {"analysis": {"engine": args.engine}} if args.engine else None
+    settings = load_settings(args.config, overrides)
     _configure_logging("WARNING", args.verbose)
     if not args.dicom_dir.is_dir():
         print(f"lungnode analyze: {args.dicom_dir} is not a folder", file=sys.stderr)

@@ -70,7 +70,7 @@ class SelectionSettings(_Strict):
 
 
 class AnalysisSettings(_Strict):
-    engine: Literal["threshold", "unet"] = "threshold"
+    engine: Literal["threshold", "unet"] = "unet"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ggo_min_hu: float = -750.0
     consolidation_min_hu: float = -350.0
