@@ -8,6 +8,7 @@ lungnode echo AE@host:port
 lungnode status
 lungnode check-config
 lungnode evaluate medseg <dir> [--json FILE] [--split all|val|train] [--engine unet|threshold]
+lungnode export-training <ct-dir> <seg.dcm> --out <site-data-dir> [--name N] [--ggo-segment N ...]
 lungnode train [--epochs N] [--out DIR] [--seed S] [--device auto|cpu|cuda] [--site-data DIR]
 
 Exit codes: 0 success, 1 failure (network, delivery, internal), 2 usage or configuration
@@ -95,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train COVID-Lesion Net (python -m segmentation.train)")
     train.add_argument("rest", nargs=argparse.REMAINDER, help="[--epochs N] [--out DIR] [--seed S] ...")
+
+    export = commands.add_parser(
+        "export-training",
+        help="make a training pair for `lungnode train --site-data` from a CT series + DICOM-SEG",
+    )
+    export.add_argument("ct_dir", type=Path, help="folder with the CT series")
+    export.add_argument("seg", type=Path, help="the DICOM-SEG that labels it")
+    export.add_argument("--out", type=Path, required=True, help="site-data folder (images/, labels/)")
+    export.add_argument("--name", help="case name (default: the CT series UID)")
+    export.add_argument("--ggo-segment", type=int, action="append", help="segment number(s) of GGO")
+    export.add_argument(
+        "--consolidation-segment", type=int, action="append", help="segment number(s) of consolidation"
+    )
+    export.add_argument(
+        "--lesion-segment", type=int, action="append", help="segment number(s) of a binary lesion label"
+    )
 
     check = commands.add_parser("check-config", help="validate the config and print what is in effect")
     _add_config_flags(check)
@@ -296,6 +313,40 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export_training(args: argparse.Namespace) -> int:
+    from node.training_export import TrainingExportError, export_training_pair
+
+    _configure_logging("WARNING", args.verbose)
+    files, _ = _dicom_files(args.ct_dir) if args.ct_dir.is_dir() else ([], 0)
+    seg_path = args.seg.resolve()
+    files = [f for f in files if f.resolve() != seg_path]
+    if not files:
+        print(f"lungnode export-training: no DICOM files in {args.ct_dir}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        pair = export_training_pair(
+            files,
+            args.seg,
+            args.out,
+            args.name or _series_uid_of(files[0]),
+            ggo_segments=args.ggo_segment,
+            consolidation_segments=args.consolidation_segment,
+            lesion_segments=args.lesion_segment,
+        )
+    except TrainingExportError as exc:
+        print(f"lungnode export-training: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps({"image": str(pair.image_path), "label": str(pair.label_path),
+                      "labels": pair.label_kind, "voxels_per_label": pair.voxels_per_label}))
+    return EXIT_OK
+
+
+def _series_uid_of(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segmentation.evaluate_medseg import main as evaluate_medseg
 
@@ -309,6 +360,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "export-training": cmd_export_training,
     "evaluate": cmd_evaluate,
     "train": cmd_train,
     "run": cmd_run,
