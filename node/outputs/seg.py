@@ -77,14 +77,25 @@ def build_seg(
         _check_mask("lobes", lobes, shape, label_map=True)
 
     n_segments = len(arrays) + (len(LOBE_SEGMENTS) if lobes is not None else 0)
-    stacked = np.zeros(shape + (n_segments,), dtype=bool)
+    # Only the slices that hold any segment go into the SEG (empty frames are omitted anyway);
+    # building the frame stack for those alone keeps highdicom's working copies small.
+    occupied = np.zeros(shape[0], dtype=bool)
+    for _, array in arrays:
+        occupied |= array.any(axis=(1, 2))
+    if lobes is not None:
+        occupied |= lobes.any(axis=(1, 2))
+    slices = np.flatnonzero(occupied)
+    if slices.size == 0:
+        slices = np.array([0])  # an all-empty SEG still needs one (empty) source frame
+    stacked = np.zeros((slices.size,) + shape[1:] + (n_segments,), dtype=bool)
     for i, (_, array) in enumerate(arrays):
-        stacked[..., i] = array
+        stacked[..., i] = array[slices]
     specs = [spec for spec, _ in arrays]
     if lobes is not None:
         for j, spec in enumerate(LOBE_SEGMENTS):
-            np.equal(lobes, LOBE_VALUE_BY_KEY[spec.key], out=stacked[..., len(arrays) + j])
+            np.equal(lobes[slices], LOBE_VALUE_BY_KEY[spec.key], out=stacked[..., len(arrays) + j])
             specs.append(spec)
+    source_images = [series.source_datasets[i] for i in slices]
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"lungnode {masks.engine}",
@@ -95,7 +106,7 @@ def build_seg(
     descriptions = [_description(series, spec, algorithm) for spec in specs]
     series_uid, sop_uid = seg_uids(series, revision, software_version)
     seg = hd.seg.Segmentation(
-        source_images=series.source_datasets,
+        source_images=source_images,
         pixel_array=stacked,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
