@@ -90,6 +90,7 @@ def analyze_series(
         ggo_min_hu=analysis.ggo_min_hu,
         consolidation_min_hu=analysis.consolidation_min_hu,
         lobe_involvement_floor_pct=analysis.lobe_involvement_floor_pct,
+        split=(ggo, consolidation),
     )
     lap("measure_s")
 

@@ -16,16 +16,21 @@ def _pct(part_ml: float, whole_ml: float) -> float | None:
 
 
 def measure(volume: Volume, masks: Masks, ggo_min_hu: float = -750.0,
-            consolidation_min_hu: float = -350.0, lobe_involvement_floor_pct: float = 0.1) -> Measurements:
+            consolidation_min_hu: float = -350.0, lobe_involvement_floor_pct: float = 0.1,
+            split: tuple[np.ndarray, np.ndarray] | None = None) -> Measurements:
     """All measurements of one analysis; volumes in ml (cm^3), percents of the lung volume.
 
+    ``split``: the (ggo, consolidation) masks if the caller already has them from
+    quant.hu_split.split_lesion with the same thresholds; computed here otherwise.
     Values that cannot be computed are None and the reason is added to quality_flags.
     """
     flags: list[str] = []
     vml = volume.voxel_volume_ml
     lung = masks.lung
     lesion = masks.lesion & lung
-    ggo, cons = split_lesion(volume.hu, lesion, ggo_min_hu, consolidation_min_hu)
+    if split is None:
+        split = split_lesion(volume.hu, lesion, ggo_min_hu, consolidation_min_hu)
+    ggo, cons = split
 
     def ml(mask: np.ndarray) -> float:
         return float(np.count_nonzero(mask) * vml)
