@@ -10,6 +10,18 @@ and logic untouched and only change how the threads wait:
 * ``_FastAssociation._run_reactor`` blocks on the DIMSE message queue's condition instead of
   sleeping, so a completed C-STORE request is served as soon as its last fragment arrives.
 * ``_FastSocket.recv`` reads a whole PDU with ``recv_into`` into one buffer.
+* P-DATA-TF PDUs received while the association is established (Sta6, nothing else queued,
+  no handler bound to the PDU/FSM notification events) skip the PDU objects, the event queue
+  and the state machine (whose action, DT-2, would only pass them on): they are read into a
+  buffer reused for the whole association and their PDVs go straight to the DIMSE decoder;
+  the non-final fragments of a dataset being streamed to a file are written from that buffer
+  without a copy. Anything else takes pynetdicom's path.
+* Complete C-STORE and C-ECHO requests are served on the DUL thread as soon as they are
+  decoded instead of being handed to the association thread through the DIMSE message queue
+  (two thread wake-ups per request saved); the response is queued by ``send_pdu`` and sent by
+  the same thread on its next turn. Other requests (none are accepted by node.receiver) still
+  go through the queue. While a handler runs the DUL thread reads nothing more, which costs
+  nothing here: a C-STORE SCU waits for the response before sending the next request.
 
 Housekeeping (ARTIM and idle timers, kill flags, release/abort checks) still runs at least every
 ``_HOUSEKEEPING_S`` seconds, as before. Used only by node.receiver through ``FastRequestHandler``.
@@ -20,6 +32,8 @@ from __future__ import annotations
 import queue
 import select
 import socket
+import struct
+import threading
 import time
 from copy import deepcopy
 from datetime import datetime
@@ -27,11 +41,18 @@ from datetime import datetime
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider, LOGGER as DUL_LOGGER
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 _HOUSEKEEPING_S = 0.005
+_P_DATA_TF = 0x04
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+#: Notification events triggered on pynetdicom's per-PDU path: with a handler bound to any of
+#: them the fast P-DATA path is not taken (so the handlers still see every PDU).
+_PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
 
 class _FastSocket(AssociationSocket):
@@ -49,6 +70,18 @@ class _FastSocket(AssociationSocket):
             nr_read += n
         return buf
 
+    def recv_into(self, view: memoryview) -> int:
+        """Fill ``view``; returns the number of bytes read (short only if the peer closed)."""
+        nr_bytes = len(view)
+        nr_read = 0
+        sock = self.socket
+        while nr_read < nr_bytes:
+            n = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
+            if not n:
+                break
+            nr_read += n
+        return nr_read
+
 
 class _FastDUL(DULServiceProvider):
     def __init__(self, assoc: Association) -> None:
@@ -60,10 +93,13 @@ class _FastDUL(DULServiceProvider):
         self._target = self.run_reactor
         # Where node.receiver streams received datasets (read by its temp file factory).
         self.incoming_dir = getattr(getattr(assoc, "_server", None), "incoming_dir", None)
+        self._rx_buffer = bytearray(0)  # P-DATA-TF bodies, reused (grown when needed)
+        self._fast_handled = False
 
     def send_pdu(self, primitive) -> None:
         super().send_pdu(primitive)
-        self._wake()
+        if threading.current_thread() is not self:  # on this thread: sent on the next turn
+            self._wake()
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -91,6 +127,113 @@ class _FastDUL(DULServiceProvider):
                     pass
             except (BlockingIOError, OSError):
                 pass
+
+    def _read_pdu_data(self) -> None:
+        """``DULServiceProvider._read_pdu_data`` with the fast P-DATA-TF path (module doc)."""
+        try:
+            header = self.socket.recv(6)
+        except (OSError, TimeoutError) as exc:
+            DUL_LOGGER.error("Connection closed before the entire PDU was received")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(header) != 6:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+        if pdu_type not in _PDU_TYPES:
+            DUL_LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        if pdu_type == _P_DATA_TF and self._fast_path_open():
+            self._read_p_data_fast(pdu_length)
+            return
+        try:
+            body = self.socket.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            DUL_LOGGER.error("Connection closed before the entire PDU was received")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            DUL_LOGGER.error(
+                f"The received PDU is shorter than expected ({6 + len(body)} of "
+                f"{6 + pdu_length} bytes received)"
+            )
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event = self._decode_pdu(bytearray(header) + body)
+            self.event_queue.put(event)
+        except Exception as exc:
+            DUL_LOGGER.error("Unable to decode the received PDU data")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self._recv_pdu.put(pdu)
+
+    def _fast_path_open(self) -> bool:
+        if self.state_machine.current_state != "Sta6" or self.event_queue.qsize():
+            return False
+        handlers = self.assoc._handlers
+        return not any(handlers.get(event) for event in _PDU_EVENTS)
+
+    def _read_p_data_fast(self, pdu_length: int) -> None:
+        """Sta6 + Evt10 (DT-2) for one P-DATA-TF PDU whose 6-byte header was read."""
+        if len(self._rx_buffer) < pdu_length:
+            self._rx_buffer = bytearray(pdu_length)
+        body = memoryview(self._rx_buffer)[:pdu_length]
+        try:
+            try:
+                nr_read = self.socket.recv_into(body)
+            except (OSError, TimeoutError) as exc:
+                DUL_LOGGER.error("Connection closed before the entire PDU was received")
+                DUL_LOGGER.exception(exc)
+                self.event_queue.put("Evt17")
+                return
+            if nr_read != pdu_length:
+                DUL_LOGGER.error(
+                    f"The received PDU is shorter than expected ({6 + nr_read} of "
+                    f"{6 + pdu_length} bytes received)"
+                )
+                self.event_queue.put("Evt17")
+                return
+            self._fast_handled = True
+            self._deliver_pdvs(body)
+        finally:
+            body.release()
+
+    def _deliver_pdvs(self, body: memoryview) -> None:
+        """Pass the PDVs of a P-DATA-TF body to the DIMSE decoder, in order; a non-final
+        dataset fragment of a message being streamed to a file is written directly."""
+        dimse = self.assoc.dimse
+        pending: list[list] = []  # [context ID, PDV], as P_DATA wants them
+        offset, end_of_pdu = 0, len(body)
+        while offset < end_of_pdu:
+            if end_of_pdu - offset < 6:
+                return self._invalid_pdu("truncated PDV item")
+            item_length = int.from_bytes(body[offset:offset + 4], "big")
+            end = offset + 4 + item_length
+            if item_length < 2 or end > end_of_pdu:
+                return self._invalid_pdu(f"invalid PDV item length {item_length}")
+            context_id = body[offset + 4]
+            control = body[offset + 5]
+            message = dimse.message
+            stream = getattr(message, "_data_set_file", None) if message is not None else None
+            if not pending and stream is not None and control & 0x03 == 0:
+                stream.write(body[offset + 6:end])
+                stream.flush()
+            else:
+                pending.append([context_id, bytes(body[offset + 5:end])])
+            offset = end
+        if pending:
+            primitive = P_DATA()
+            primitive.presentation_data_value_list = pending
+            dimse.receive_primitive(primitive)
+
+    def _invalid_pdu(self, reason: str) -> None:
+        DUL_LOGGER.error(f"Unable to decode the received P-DATA-TF PDU: {reason}")
+        self.event_queue.put("Evt19")
 
     def run_reactor(self) -> None:  # same logic as DULServiceProvider.run_reactor
         self._idle_timer.start()
@@ -126,7 +269,10 @@ class _FastDUL(DULServiceProvider):
                 try:
                     event = self.event_queue.get(block=False)
                 except queue.Empty:
-                    sleep = True
+                    # After a P-DATA-TF taken by the fast path, look again at once (a
+                    # response to send, the next PDU) before waiting.
+                    sleep = not self._fast_handled
+                    self._fast_handled = False
                     continue
                 self.state_machine.do_action(event)
                 sleep = False
@@ -135,11 +281,33 @@ class _FastDUL(DULServiceProvider):
             self._wake_w.close()
 
 
+class _InlineMessageQueue(queue.Queue):
+    """The DIMSE message queue: C-STORE and C-ECHO requests decoded on the DUL thread are
+    served there at once (module doc); anything else is queued for the association thread."""
+
+    def __init__(self, assoc: "Association") -> None:
+        super().__init__()
+        self._assoc = assoc
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        context_id, msg = item
+        assoc = self._assoc
+        if (
+            isinstance(msg, (C_STORE, C_ECHO))
+            and threading.current_thread() is assoc.dul
+            and msg.is_valid_request
+        ):
+            assoc._serve_request(msg, context_id)
+            return
+        super().put(item, block, timeout)
+
+
 class _FastAssociation(Association):
     def __init__(self, ae, mode, server=None) -> None:
         super().__init__(ae, mode)
         self._server = server
         self.dul = _FastDUL(self)
+        self.dimse.msg_queue = _InlineMessageQueue(self)
 
     def _wait_for_message(self) -> None:
         msg_queue = self.dimse.msg_queue

@@ -11,7 +11,6 @@ and the series is reopened (a corrected resend is the newer truth; results get a
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import tempfile
@@ -111,29 +110,54 @@ class StoreContext:
 def _read_header_from(fp, transfer_syntax: str) -> tuple[str, str, str, str]:
     """(study, series, sop instance, sop class) UIDs, parsing only the elements up to
     SeriesInstanceUID (pixel data is never read). ``fp`` is at the dataset's first byte."""
+    return _parse_header(fp, transfer_syntax)[0]
+
+
+def _parse_header(fp, transfer_syntax: str) -> tuple[tuple[str, str, str, str], bool]:
+    """``_read_header_from`` and whether parsing reached an element after SeriesInstanceUID
+    (False: the dataset, or the bytes given, ended before)."""
     ts = UID(transfer_syntax)
     if ts == DeflatedExplicitVRLittleEndian:
         fp = BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read()))
-    ds = read_dataset(
-        fp, ts.is_implicit_VR, ts.is_little_endian,
-        stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG,
-    )
-    return (
+    reached = False
+
+    def stop(tag, vr, length) -> bool:
+        nonlocal reached
+        if tag > _LAST_HEADER_TAG:
+            reached = True
+        return reached
+
+    ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, stop_when=stop)
+    uids = (
         ds.get("StudyInstanceUID", ""), ds.get("SeriesInstanceUID", ""),
         ds.get("SOPInstanceUID", ""), ds.get("SOPClassUID", ""),
     )
+    return uids, reached
+
+
+def _skip_file_meta(fp) -> None:
+    """Move ``fp`` (at the start of a Part 10 file written by pynetdicom) to the dataset."""
+    fp.seek(128 + 4)
+    # (0002,0000) UL File Meta Information Group Length, explicit VR LE: skip the group
+    group_length = fp.read(12)
+    if len(group_length) != 12 or group_length[:6] != b"\x02\x00\x00\x00UL":
+        raise ValueError("the received file has no file meta group length")
+    fp.seek(int.from_bytes(group_length[8:12], "little"), 1)
 
 
 class _Received:
     """The received instance as a Part 10 file: either streamed to disk by pynetdicom while
     it arrived (``STORE_RECV_CHUNKED_DATASET``, the receiver's mode: a temp file in
-    incoming/) or, for callers that keep datasets in memory, the encoded bytes."""
+    incoming/, still open, see ``_IncomingFile``) or, for callers that keep datasets in
+    memory, the encoded bytes."""
 
     def __init__(self, event) -> None:
         self.event = event
         path = getattr(event.request, "_dataset_path", None)
         self.temp_path: Path | None = Path(path) if path else None
         self.chunks: tuple = ()
+        self.head = b""
+        self.fd: int | None = None
         stream = getattr(event.request, "_dataset_file", None)
         error = getattr(stream, "error", None)
         if error is not None:
@@ -144,6 +168,10 @@ class _Received:
             write_file_meta_info(meta, event.file_meta, enforce_standard=True)
             self.chunks = (meta.getvalue(), event.request.DataSet.getbuffer())
             self.size = len(self.chunks[0]) + len(self.chunks[1])
+        elif isinstance(stream, _IncomingFile) and not stream.closed:
+            self.size = stream.size
+            self.head = bytes(stream.head)
+            self.fd = stream.fileno()
         else:
             self.size = self.temp_path.stat().st_size
 
@@ -153,13 +181,19 @@ class _Received:
             stream = self.event.request.DataSet
             stream.seek(0)
             return _read_header_from(stream, ts)
+        if self.head:
+            try:
+                fp = BytesIO(self.head)
+                _skip_file_meta(fp)
+                uids, reached = _parse_header(fp, ts)
+                if reached or len(self.head) >= self.size:
+                    return uids
+            except Exception:
+                if len(self.head) >= self.size:
+                    raise
+            # the header goes on past the bytes kept in memory: read the file
         with open(self.temp_path, "rb") as fp:
-            fp.seek(128 + 4)
-            # (0002,0000) UL File Meta Information Group Length, explicit VR LE: skip the group
-            group_length = fp.read(12)
-            if len(group_length) != 12 or group_length[:6] != b"\x02\x00\x00\x00UL":
-                raise ValueError("the received file has no file meta group length")
-            fp.seek(int.from_bytes(group_length[8:12], "little"), 1)
+            _skip_file_meta(fp)
             return _read_header_from(fp, ts)
 
     def same_as(self, path: Path) -> bool:
@@ -178,11 +212,11 @@ class _Received:
         if self.temp_path is None:
             write_atomically(path, *self.chunks)
         else:
-            spool.commit_file(self.temp_path, path)
+            spool.commit_file(self.temp_path, path, fd=self.fd)
 
     def quarantine(self, spool: Spool, reason: str):
         if self.temp_path is not None and self.temp_path.exists():
-            return spool.quarantine_file(self.temp_path, reason)
+            return spool.quarantine_file(self.temp_path, reason, fd=self.fd)
         chunks = self.chunks or (self.event.request.DataSet.getvalue(),)
         return spool.quarantine(chunks, reason)
 
@@ -302,36 +336,52 @@ def _enable_streamed_reception() -> None:
     _streaming_enabled = True
 
 
-def _incoming_temp_file(**kwargs):
+def _incoming_temp_file(*, suffix: str = "", **_kwargs) -> "_IncomingFile":
+    """Replaces ``tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=...)`` in
+    pynetdicom's DIMSE decoder."""
     directory = getattr(threading.current_thread(), "incoming_dir", None)
-    return _EarlyWriteback(tempfile.NamedTemporaryFile(dir=directory, prefix=".rx-", **kwargs))
+    return _IncomingFile(Path(directory or tempfile.gettempdir()), suffix)
 
 
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _sync_file_range = _libc.sync_file_range
-    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-except (OSError, AttributeError):  # not Linux
-    _sync_file_range = None
-_SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages, do not wait
+#: Bytes of the start of each received file kept in memory, so that the handler reads the
+#: header (file meta + elements up to SeriesInstanceUID) without re-reading the file.
+_HEAD_BYTES = 16384
 
 
-class _EarlyWriteback:
-    """The temp file pynetdicom streams into; each ``file.flush()`` (one per received
-    fragment) also starts the disk writeback of what is written so far, so that the disk
-    works while the rest of the instance is still arriving and the fsync before the answer
-    has little left to wait for. Only a hint: durability still comes from that fsync.
+class _IncomingFile:
+    """The temp file (in incoming/) that pynetdicom streams a received dataset into: a raw
+    file descriptor written with ``os.write`` (no Python-level buffering or wrapper), the
+    first ``_HEAD_BYTES`` kept in ``head`` and the byte count in ``size``. Durability comes
+    from the handler's fsync of ``fileno()`` (``Spool.commit_file``); ``flush()`` does
+    nothing (starting the writeback early with ``sync_file_range`` made reception slower,
+    with and without the fsync: benchmarks/receive.py).
 
     A write error (ENOSPC, EIO) must not escape into pynetdicom's DUL thread (it would abort
     the association): it is kept in ``error``, the partial file is removed at once (freeing
     the space) and the rest of the instance is discarded; the C-STORE handler then answers
     0xA700 and the association goes on."""
 
-    def __init__(self, ntf) -> None:
-        self._ntf = ntf
-        self.name = ntf.name
-        self.file = self
+    def __init__(self, directory: Path, suffix: str = "") -> None:
+        while True:
+            name = str(directory / f".rx-{os.urandom(8).hex()}{suffix}")
+            try:
+                self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                   0o600)
+                break
+            except FileExistsError:
+                continue
+        self.name = name
+        self.file = self  # pynetdicom calls ``.file.flush()``
         self.error: OSError | None = None
+        self.size = 0
+        self.head = bytearray()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
 
     def _failed(self, exc: OSError) -> None:
         self.error = exc
@@ -339,36 +389,39 @@ class _EarlyWriteback:
             os.unlink(self.name)
         except OSError:
             pass
-        try:
-            self._ntf.close()
-        except OSError:
-            pass
+        self._close_fd()
 
     def write(self, data) -> int:
+        view = memoryview(data)
+        n = len(view)
         if self.error is None:
+            if len(self.head) < _HEAD_BYTES:
+                self.head += view[:_HEAD_BYTES - len(self.head)]
             try:
-                return self._ntf.write(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
             except OSError as exc:
                 self._failed(exc)
-        return len(data)
+                return n
+            self.size += n
+        return n
 
     def flush(self) -> None:
-        if self.error is not None:
-            return
-        try:
-            self._ntf.flush()
-        except OSError as exc:
-            self._failed(exc)
-            return
-        if _sync_file_range is not None:
-            _sync_file_range(self._ntf.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)
+        pass
+
+    def _close_fd(self) -> OSError | None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                return exc
+        return None
 
     def close(self) -> None:
-        try:
-            self._ntf.close()
-        except OSError as exc:
-            if self.error is None:
-                self.error = exc
+        exc = self._close_fd()
+        if exc is not None and self.error is None:
+            self.error = exc
 
 
 class Receiver:

@@ -148,14 +148,18 @@ class Spool:
         """Every complete instance file in the spool (temp files excluded)."""
         yield from self.spool_dir.glob(f"*/*/*{INSTANCE_SUFFIX}")
 
-    def commit_file(self, src: Path, dst: Path) -> None:
+    def commit_file(self, src: Path, dst: Path, fd: int | None = None) -> None:
         """Move a complete file written elsewhere on this filesystem to ``dst`` durably:
-        fsync the file, ``os.replace``, fsync the destination directory."""
-        fd = os.open(src, os.O_RDONLY)
-        try:
+        fsync the file (through ``fd`` when the caller still holds it open for writing),
+        ``os.replace``, fsync the destination directory."""
+        if fd is not None:
             os.fsync(fd)
-        finally:
-            os.close(fd)
+        else:
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         _makedirs_durable(dst.parent)
         os.replace(src, dst)
         fsync_dir(dst.parent)
@@ -186,14 +190,14 @@ class Spool:
         write_atomically(data_path, *chunks)
         return QuarantinedFile(data_path, reason_path)
 
-    def quarantine_file(self, src: Path, reason: str) -> QuarantinedFile:
+    def quarantine_file(self, src: Path, reason: str, fd: int | None = None) -> QuarantinedFile:
         """Move a received file (on this filesystem) into quarantine/ with its reason."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = f"{stamp}-{os.getpid()}-{next(self._q_counter)}"
         data_path = self.quarantine_dir / f"{name}{INSTANCE_SUFFIX}"
         reason_path = self.quarantine_dir / f"{name}{REASON_SUFFIX}"
         write_atomically(reason_path, reason.encode("utf-8", "backslashreplace") + b"\n")
-        self.commit_file(src, data_path)
+        self.commit_file(src, data_path, fd)
         return QuarantinedFile(data_path, reason_path)
 
     # -- outbox --------------------------------------------------------------------------
