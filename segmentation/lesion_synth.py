@@ -19,7 +19,12 @@ Method (sizes in mm, so any voxel spacing works):
      (+80..+200 HU on the level-set lines of a noise field);
    - ``consolidation``: GGO whose core (top 20-60% of the field) is consolidation,
      -100..+50 HU (also a "halo": dense core, GGO rim);
-   - ``reversed_halo``: a GGO centre surrounded by a consolidation ring (atoll sign).
+   - ``reversed_halo``: a GGO centre surrounded by a consolidation ring (atoll sign);
+   - ``dense_consolidation`` (opt-in, not in the default ``PATTERNS``; see
+     ``_dense_consolidation``): homogeneous consolidation (-60..+50 HU, little texture)
+     against the pleura, preferring the dependent (posterior, +y) side, shaped as a
+     subpleural band or a rounded/lobar mass, with branching air bronchograms, sharp or soft
+     margins, and at most a thin GGO rim (absent in most draws).
 4. Blending with the host: alpha = the lesion mask smoothed by ~1.5 mm (soft borders);
    out = host + alpha * max(target + noise - host, 0), i.e. the lesion only ever raises HU, so
    vessels and bronchial walls brighter than the lesion stay visible, and the added noise
@@ -36,7 +41,10 @@ from scipy import ndimage as ndi
 GGO_HU = (-750.0, -350.0)
 GGO_TARGET_HU = (-700.0, -450.0)
 CONSOLIDATION_HU = (-100.0, 50.0)
-PATTERNS = ("ggo", "crazy_paving", "consolidation", "reversed_halo")
+PATTERNS = ("ggo", "crazy_paving", "consolidation", "reversed_halo")  # the default draw
+DENSE_HU = (-60.0, 50.0)
+AIR_BRONCHOGRAM_HU = (-950.0, -800.0)
+ALL_PATTERNS = PATTERNS + ("dense_consolidation",)
 
 
 def _smooth_noise(shape, sigma_vox, rng) -> np.ndarray:
@@ -80,17 +88,22 @@ def synthesize_lesions(
     target_volume_ml: float,
     pattern: str | None = None,
     n_foci: int | None = None,
+    patterns: tuple[str, ...] = PATTERNS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paint lesions of about ``target_volume_ml`` into ``lung`` of ``hu`` (z, y, x).
 
     Returns (hu_out float32, labels uint8 with 0 bg / 1 GGO / 2 consolidation). The labelled
     volume equals the requested one within the blending tolerance (it is capped at the lung
-    volume). Deterministic for a given ``rng`` state.
+    volume). Deterministic for a given ``rng`` state. ``patterns`` is the set drawn from when
+    ``pattern`` is None (default: the four original ones, so the default draw and random
+    stream are unchanged; add ``"dense_consolidation"`` to include it). Axis 1 (y) is taken
+    to point posterior (LPS arrays, radiological display) for the dependent preference.
     """
     if hu.shape != lung.shape or hu.ndim != 3:
         raise ValueError(f"hu {hu.shape} and lung {lung.shape} must be the same 3-D shape")
-    if pattern is not None and pattern not in PATTERNS:
-        raise ValueError(f"unknown pattern {pattern!r} (expected one of {PATTERNS})")
+    for pt in ((pattern,) if pattern is not None else ()) + tuple(patterns):
+        if pt not in ALL_PATTERNS:
+            raise ValueError(f"unknown pattern {pt!r} (expected one of {ALL_PATTERNS})")
     hu = hu.astype(np.float32)
     labels = np.zeros(hu.shape, np.uint8)
     lung = lung.astype(bool)
@@ -99,7 +112,9 @@ def synthesize_lesions(
     if n_target <= 0 or lung.sum() == 0:
         return hu.copy(), labels
     n_target = min(n_target, int(lung.sum()))
-    pattern = pattern or PATTERNS[rng.integers(len(PATTERNS))]
+    pattern = pattern or patterns[rng.integers(len(patterns))]
+    if pattern == "dense_consolidation":
+        return _dense_consolidation(hu, lung, np.asarray(spacing_mm, float), rng, n_target, n_foci)
     n_foci = n_foci or int(rng.integers(1, 7))
     sp = np.asarray(spacing_mm, float)
 
@@ -154,4 +169,113 @@ def synthesize_lesions(
     lesion = region & (alpha >= 0.5)
     labels[lesion] = 1
     labels[lesion & cons] = 2
+    return out.astype(np.float32), labels
+
+
+def _segment_mask(shape, sp, p0, p1, r0, r1) -> np.ndarray:
+    """Voxels within a tapered tube (radius r0 at p0 .. r1 at p1, mm) around the segment."""
+    lo = [max(0, int(np.floor((min(p0[a], p1[a]) - r0) / sp[a]))) for a in range(3)]
+    hi = [min(shape[a], int(np.ceil((max(p0[a], p1[a]) + r0) / sp[a])) + 1) for a in range(3)]
+    out = np.zeros(shape, bool)
+    if any(h <= l for l, h in zip(lo, hi)):
+        return out
+    g = np.meshgrid(*[np.arange(lo[a], hi[a]) * sp[a] for a in range(3)], indexing="ij")
+    q = np.stack(g, -1)
+    d = np.asarray(p1) - np.asarray(p0)
+    t = np.clip(((q - p0) @ d) / max(float(d @ d), 1e-6), 0.0, 1.0)
+    dist = np.linalg.norm(q - (np.asarray(p0) + t[..., None] * d), axis=-1)
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = dist <= r0 + (r1 - r0) * t
+    return out
+
+
+def _dense_consolidation(hu, lung, sp, rng, n_target: int, n_foci: int | None):
+    """Homogeneous dense consolidation against the pleura (see the module docstring).
+
+    1-3 foci; seeds within 10 mm of the lung border, 4x weight in the posterior (dependent)
+    third of the lung. Shape: "band" (a field decaying with the distance to the pleura, so the
+    lesion hugs the chest wall, thickness set by the volume) or "mass" (round/lobar Gaussian,
+    little lobulation). Air bronchograms: 0-4 tapered branching tubes (radius 0.6-2 mm) from the
+    lesion's deep side towards its pleural side, kept at the host's air HU and labelled
+    consolidation (as radiologists paint them). Margins sharp (0.4 mm blur) or soft
+    (0.8-1.8 mm; normalised convolution, so the pleural side stays dense). A thin GGO rim (1.5-4 mm, labelled GGO) in
+    30% of draws (only when the core keeps >= 60% of the lesion).
+    """
+    labels = np.zeros(hu.shape, np.uint8)
+    n_foci = min(n_foci or int(rng.integers(1, 4)), 3)
+    # in-plane distance to the lung border (subpleural is an in-plane notion on axial CT;
+    # thin slabs would otherwise make every voxel "subpleural" in z)
+    depth = np.stack([ndi.distance_transform_edt(m, sampling=sp[1:]) if m.any() else np.zeros(m.shape)
+                      for m in lung]).astype(np.float32)
+    cand = np.argwhere(lung)
+    d = depth[lung]
+    ys = cand[:, 1]
+    y_lo, y_hi = ys.min(), ys.max()
+    posterior = ys >= y_lo + (y_hi - y_lo) * 2 / 3
+    w = np.where(d <= 10.0, 1.0, 0.02) * np.where(posterior, 4.0, 1.0)
+    zz, yy, xx = (np.arange(n, dtype=np.float32) * s for n, s in zip(hu.shape, sp))
+    mode = "band" if rng.random() < 0.6 else "mass"
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    r_base = float(np.clip((3 * n_target * voxel_ml / n_foci * 1000 / (4 * np.pi)) ** (1 / 3), 5.0, 60.0))
+    # log-domain score (no underflow far from the seeds): best focus, minus depth for a band
+    field = np.full(hu.shape, -np.inf, np.float32)
+    seeds = []
+    for _ in range(n_foci):
+        k = rng.choice(len(cand), p=w / w.sum())
+        c = cand[k] * sp
+        seeds.append(c)
+        r = r_base * rng.uniform(0.8, 1.25, size=3) * (1.6 if mode == "band" else 1.0)
+        f = (-((zz - c[0]) ** 2) / (2 * r[0] ** 2))[:, None, None] \
+            + (-((yy - c[1]) ** 2) / (2 * r[1] ** 2))[None, :, None] \
+            + (-((xx - c[2]) ** 2) / (2 * r[2] ** 2))[None, None, :] + np.log(rng.uniform(0.7, 1.0))
+        field = np.maximum(field, f.astype(np.float32))
+    if mode == "band":
+        field -= depth / rng.uniform(6.0, 15.0)
+    lob = _smooth_noise(hu.shape, tuple(8.0 / s for s in sp), rng)
+    field = field + rng.uniform(0.0, 0.3) * lob
+    vals = field[lung]
+    thr = np.partition(vals, len(vals) - n_target)[len(vals) - n_target]
+    region = lung & (field >= thr)
+
+    # target HU: homogeneous
+    target = rng.uniform(*DENSE_HU) + 8.0 * _smooth_noise(hu.shape, tuple(4.0 / s for s in sp), rng)
+    cons = region.copy()
+    if rng.random() < 0.3:  # thin GGO rim
+        rim_mm = rng.uniform(1.5, 4.0)
+        inner = ndi.distance_transform_edt(region, sampling=sp) > rim_mm
+        if inner.sum() > 0.6 * region.sum():
+            cons = inner
+            target = np.where(cons, target, rng.uniform(*GGO_TARGET_HU))
+
+    # air bronchograms (kept at the host's own HU: the blend never lowers HU)
+    air = np.zeros(hu.shape, bool)
+    n_br = int(rng.integers(0, 5))
+    reg_pts = np.argwhere(region)
+    if n_br and len(reg_pts) > 20:
+        dr = depth[region]
+        deep = reg_pts[dr >= np.quantile(dr, 0.8)]
+        for _ in range(n_br):
+            p0 = deep[rng.integers(len(deep))] * sp
+            p1 = seeds[int(rng.integers(len(seeds)))] + rng.normal(0, r_base * 0.5, 3)
+            p1[0] = p0[0] + rng.normal(0, 3.0)  # mostly in-plane
+            r0 = rng.uniform(1.0, 2.0)
+            air |= _segment_mask(hu.shape, sp, p0, p1, r0, r0 * 0.5)
+            mid = p0 + (p1 - p0) * rng.uniform(0.3, 0.6)
+            p2 = mid + rng.normal(0, r_base * 0.6, 3)
+            p2[0] = mid[0]
+            air |= _segment_mask(hu.shape, sp, mid, p2, r0 * 0.7, r0 * 0.4)
+        air &= region & (depth > 2.0)
+        target = np.where(air, rng.uniform(*AIR_BRONCHOGRAM_HU), target)
+
+    sig = rng.uniform(0.8, 1.8) if rng.random() < 0.5 else 0.4
+    # normalised convolution: the margin is soft towards the lung, not towards the pleura
+    # (a consolidation abutting the chest wall is dense right up to it)
+    sg = tuple(sig / s for s in sp)
+    lf = ndi.gaussian_filter(lung.astype(np.float32), sg)
+    alpha = ndi.gaussian_filter(region.astype(np.float32), sg) / np.maximum(lf, 1e-3)
+    alpha = np.clip(alpha, 0.0, 1.0) * lung
+    noise = _host_noise_std(hu, lung) * rng.standard_normal(hu.shape).astype(np.float32)
+    out = hu + alpha * np.maximum(target + noise - hu, 0.0)
+    lesion = region & (alpha >= 0.5)
+    labels[lesion] = 1
+    labels[lesion & (cons | air)] = 2
     return out.astype(np.float32), labels

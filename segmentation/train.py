@@ -1,5 +1,6 @@
 """Train COVID-Lesion Net: ``python -m segmentation.train [--epochs N] [--out DIR] [--seed S]
-[--device auto|cpu|cuda] [--site-data DIR] [--init WEIGHTS] [--data-root DIR]``.
+[--device auto|cpu|cuda] [--site-data DIR] [--init WEIGHTS] [--data-root DIR]
+[--synth-patterns P1,P2,...]``.
 
 Data (see MODEL_CARD.md):
 - MedSeg slices, Inf-Net ``train`` split only (50 slices), calibrated to HU
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from segmentation.lesion_synth import synthesize_lesions
+from segmentation.lesion_synth import ALL_PATTERNS, PATTERNS, synthesize_lesions
 from segmentation.medseg import calibrate_to_hu, load_medseg, model_grid_shape
 from segmentation.unet import CovidLesionNet, normalise_hu
 
@@ -174,7 +175,7 @@ def _crop_at(a: np.ndarray, cy: int, cx: int, size: int, fill: float) -> np.ndar
     return out
 
 
-def slab_sample(host: Host, rng: np.random.Generator, synth: bool):
+def slab_sample(host: Host, rng: np.random.Generator, synth: bool, patterns: tuple = PATTERNS):
     """(3, SLAB, SLAB) HU and (SLAB, SLAB) labels from a host."""
     nz = host.hu.shape[0]
     k = max(1, int(round(NEIGHBOUR_MM / host.dz)))
@@ -191,11 +192,13 @@ def slab_sample(host: Host, rng: np.random.Generator, synth: bool):
         return hu, np.zeros((SLAB, SLAB), np.uint8)
     lung_ml = lung.sum() * PIXEL_MM * PIXEL_MM * host.dz * k / 1000.0
     frac = math.exp(rng.uniform(math.log(0.03), math.log(0.9)))
-    out, lab = synthesize_lesions(hu, lung, (host.dz * k, PIXEL_MM, PIXEL_MM), rng, frac * lung_ml)
+    out, lab = synthesize_lesions(hu, lung, (host.dz * k, PIXEL_MM, PIXEL_MM), rng, frac * lung_ml,
+                                  patterns=patterns)
     return out, lab[1]
 
 
-def build_pool(hosts: list[Host], site: list[Host], rng: np.random.Generator, n: int):
+def build_pool(hosts: list[Host], site: list[Host], rng: np.random.Generator, n: int,
+               patterns: tuple = PATTERNS):
     weights = np.array([h.lung.any((1, 2)).sum() for h in hosts], float)
     weights /= weights.sum()
     X = np.zeros((n, 3, SLAB, SLAB), np.float16)
@@ -207,7 +210,7 @@ def build_pool(hosts: list[Host], site: list[Host], rng: np.random.Generator, n:
             x, y = slab_sample(h, rng, False)
         else:
             h = hosts[rng.choice(len(hosts), p=weights)]
-            x, y = slab_sample(h, rng, rng.random() < 0.8)
+            x, y = slab_sample(h, rng, rng.random() < 0.8, patterns)
         X[i], Y[i] = x, y
     return X, Y
 
@@ -327,8 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", default=None, help="start from these weights (site fine-tuning)")
     ap.add_argument("--pool", type=int, default=POOL_SIZE, help="synthetic slab pool size")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--synth-patterns", default=",".join(PATTERNS),
+                    help=f"lesion patterns drawn (uniformly) for the synthetic slabs, comma-separated "
+                         f"from {','.join(ALL_PATTERNS)}; default: the four original ones")
     ap.add_argument("--no-eval", action="store_true")
     args = ap.parse_args(argv)
+    patterns = tuple(p.strip() for p in args.synth_patterns.split(",") if p.strip())
+    bad = [p for p in patterns if p not in ALL_PATTERNS]
+    if bad or not patterns:
+        ap.error(f"--synth-patterns: unknown {bad} (choose from {','.join(ALL_PATTERNS)})")
 
     from segmentation.unet_engine import UNetLesionEngine, pick_device
 
@@ -348,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     hosts = load_hosts(root)
     site = load_site_data(Path(args.site_data)) if args.site_data else []
     t = time.time()
-    PX, PY = build_pool(hosts, site, rng, args.pool)
+    print(f"[train] synthetic lesion patterns: {', '.join(patterns)}", flush=True)
+    PX, PY = build_pool(hosts, site, rng, args.pool, patterns)
     print(f"[train] slab pool {len(PX)} ({time.time() - t:.0f}s), lesion px fraction "
           f"{(PY > 0).mean():.3f}", flush=True)
 
@@ -394,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     net.eval()
     extra = {"seed": args.seed, "epochs": args.epochs, "steps": total, "batch": BATCH,
              "crop": CROP, "site_data": bool(site), "classes": ["background", "ggo", "consolidation"]}
+    if patterns != PATTERNS:  # only when changed, so default runs stay byte-identical
+        extra["synth_patterns"] = list(patterns)
     out = Path(args.out)
     digest = save_weights(net, out, extra)
     print(f"[train] weights {out / 'covid_lesion_net.pt'} sha256 {digest} ({train_s:.0f}s training)", flush=True)
