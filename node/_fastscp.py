@@ -58,16 +58,9 @@ _PDU_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 class _FastSocket(AssociationSocket):
     def recv(self, nr_bytes: int) -> bytearray:
         buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        nr_read = 0
-        sock = self.socket
-        while nr_read < nr_bytes:
-            n = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
-            if not n:
-                del view
-                del buf[nr_read:]
-                return buf
-            nr_read += n
+        with memoryview(buf) as view:
+            nr_read = self.recv_into(view)
+        del buf[nr_read:]
         return buf
 
     def recv_into(self, view: memoryview) -> int:
@@ -128,6 +121,24 @@ class _FastDUL(DULServiceProvider):
             except (BlockingIOError, OSError):
                 pass
 
+    def _read_exactly(self, view: memoryview) -> bool:
+        """Fill ``view`` from the socket; on a closed or short read log it, queue Evt17
+        (transport closed) and return False, as pynetdicom's own reader does."""
+        try:
+            nr_read = self.socket.recv_into(view)
+        except (OSError, TimeoutError) as exc:
+            DUL_LOGGER.error("Connection closed before the entire PDU was received")
+            DUL_LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return False
+        if nr_read != len(view):
+            DUL_LOGGER.error(
+                f"The received PDU is shorter than expected ({nr_read} of {len(view)} bytes)"
+            )
+            self.event_queue.put("Evt17")
+            return False
+        return True
+
     def _read_pdu_data(self) -> None:
         """``DULServiceProvider._read_pdu_data`` with the fast P-DATA-TF path (module doc)."""
         try:
@@ -148,20 +159,10 @@ class _FastDUL(DULServiceProvider):
         if pdu_type == _P_DATA_TF and self._fast_path_open():
             self._read_p_data_fast(pdu_length)
             return
-        try:
-            body = self.socket.recv(pdu_length)
-        except (OSError, TimeoutError) as exc:
-            DUL_LOGGER.error("Connection closed before the entire PDU was received")
-            DUL_LOGGER.exception(exc)
-            self.event_queue.put("Evt17")
-            return
-        if len(body) != pdu_length:
-            DUL_LOGGER.error(
-                f"The received PDU is shorter than expected ({6 + len(body)} of "
-                f"{6 + pdu_length} bytes received)"
-            )
-            self.event_queue.put("Evt17")
-            return
+        body = bytearray(pdu_length)
+        with memoryview(body) as view:
+            if not self._read_exactly(view):
+                return
         try:
             pdu, event = self._decode_pdu(bytearray(header) + body)
             self.event_queue.put(event)
@@ -184,19 +185,7 @@ class _FastDUL(DULServiceProvider):
             self._rx_buffer = bytearray(pdu_length)
         body = memoryview(self._rx_buffer)[:pdu_length]
         try:
-            try:
-                nr_read = self.socket.recv_into(body)
-            except (OSError, TimeoutError) as exc:
-                DUL_LOGGER.error("Connection closed before the entire PDU was received")
-                DUL_LOGGER.exception(exc)
-                self.event_queue.put("Evt17")
-                return
-            if nr_read != pdu_length:
-                DUL_LOGGER.error(
-                    f"The received PDU is shorter than expected ({6 + nr_read} of "
-                    f"{6 + pdu_length} bytes received)"
-                )
-                self.event_queue.put("Evt17")
+            if not self._read_exactly(body):
                 return
             self._fast_handled = True
             self._deliver_pdvs(body)

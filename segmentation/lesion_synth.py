@@ -177,7 +177,7 @@ def _segment_mask(shape, sp, p0, p1, r0, r1) -> np.ndarray:
     lo = [max(0, int(np.floor((min(p0[a], p1[a]) - r0) / sp[a]))) for a in range(3)]
     hi = [min(shape[a], int(np.ceil((max(p0[a], p1[a]) + r0) / sp[a])) + 1) for a in range(3)]
     out = np.zeros(shape, bool)
-    if any(h <= l for l, h in zip(lo, hi)):
+    if any(high <= low for low, high in zip(lo, hi)):
         return out
     g = np.meshgrid(*[np.arange(lo[a], hi[a]) * sp[a] for a in range(3)], indexing="ij")
     q = np.stack(g, -1)
