@@ -141,17 +141,19 @@ def test_phantom_through_the_network_and_results_routed_back(orthanc, tmp_path: 
     study_uid = _study_uid(phantom_dir)
     with NodeProcess(tmp_path / "node", destinations=[(orthanc.aet, orthanc.dicom_port)]) as node:
         assert storescu(sorted(phantom_dir.glob("*.dcm")), node.port, aec=node.ae_title).returncode == 0
-        classes = _check_results_in_pacs(orthanc, study_uid, tmp_path, node)
-        assert classes
+        seg, sr = _check_results_in_pacs(orthanc, study_uid, tmp_path, node)
         # route the results back to the node, as an auto-routing PACS would
         results = [i for i in orthanc.instances()
                    if orthanc.get(f"/instances/{i}/simplified-tags").get("Modality") in ("SEG", "SR")]
         orthanc.add_modality("lungnode", node.ae_title, node.port)
         orthanc.send_to_modality("lungnode", results)
-        status = wait_until(
+        skipped = wait_until(
             lambda: _status_with_skipped(node), 60, 0.5, "routed-back results recorded as skipped"
         )
-        assert status
+        assert {s["series_uid"] for s in skipped} == {seg.SeriesInstanceUID, sr.SeriesInstanceUID}
+        assert all("derived" in s["reason"] for s in skipped), skipped
+        jobs = json.loads(_lungnode("status", "--config", str(node.config_path), "--json").stdout)
+        assert len(jobs["jobs"]) == 1  # only the CT was analysed
     # still exactly one SEG and one SR: nothing was analysed again
     classes = _results_in_pacs(orthanc, study_uid)
     assert len(classes[SEG_SOP_CLASS]) == 1 and len(classes[COMPREHENSIVE_3D_SR]) == 1
