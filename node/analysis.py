@@ -1,4 +1,5 @@
-"""The analysis pipeline for one series: DICOM files in, SEG + SR + measurements.json out.
+"""The analysis pipeline for one series: DICOM files in, SEGs, SR, PDF report, summary and
+overlay captures and measurements.json out.
 
 Used by the node's worker and by ``lungnode analyze``. Stages:
 node.volume (decode, check geometry) -> segmentation (lungs, lesions) -> quant (measurements)
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from node import __version__
 from node.config import Settings
-from node.outputs.seg import build_seg
+from node.outputs import documents, render
+from node.outputs.codes import SEG_GROUPS
+from node.outputs.seg import SEG_TRANSFER_SYNTAX, build_segs
 from node.outputs.sr import build_sr
 from node.spool import write_atomically
 from node.volume import load_series
@@ -28,8 +31,13 @@ from segmentation.engine import segment
 
 log = logging.getLogger(__name__)
 
-SEG_FILENAME = "seg.dcm"
+SEG_FILENAME = "seg.dcm"            # the lesions SEG (a contract); the others beside it
+SEG_FILENAMES = {group.name: group.filename for group in SEG_GROUPS}
 SR_FILENAME = "sr.dcm"
+PDF_FILENAME = "report.dcm"         # Encapsulated PDF; report.pdf beside it is the same PDF
+PDF_DOCUMENT_FILENAME = "report.pdf"
+SUMMARY_FILENAME = "summary.dcm"
+OVERLAY_FILENAME = "overlay_{:04d}.dcm"
 MEASUREMENTS_FILENAME = "measurements.json"
 
 Progress = Callable[[str], None]
@@ -98,30 +106,38 @@ def analyze_series(
     output_files: list[Path] = []
     sr_uids: tuple[str, str, str] | None = None
     say("encoding DICOM-SEG and SR")
-    seg = build_seg(
+    o = settings.outputs
+    segs = build_segs(
         series,
         masks,
         ggo,
         consolidation,
-        series_number=settings.outputs.seg_series_number,
+        series_numbers={"lesions": o.seg_series_number, "lungs": o.seg_lungs_series_number,
+                        "lobes": o.seg_lobes_series_number},
         revision=revision,
         software_version=__version__,
     )
-    del ggo, consolidation
-    if settings.outputs.seg:
-        output_files.append(_write_dataset(out_dir / SEG_FILENAME, seg))
-    if settings.outputs.sr:
+    if o.seg:
+        for name, seg in segs.items():
+            output_files.append(_write_dataset(out_dir / SEG_FILENAMES[name], seg,
+                                               transfer_syntax=SEG_TRANSFER_SYNTAX))
+    if o.sr:
         sr = build_sr(
             series,
-            seg,
+            segs,
             measurements,
-            series_number=settings.outputs.sr_series_number,
+            series_number=o.sr_series_number,
             revision=revision,
             software_version=__version__,
             predecessor=predecessor_sr,
         )
         output_files.append(_write_dataset(out_dir / SR_FILENAME, sr))
         sr_uids = (sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.SOPInstanceUID)
+    if o.pdf or o.summary or o.overlay:
+        say("rendering the report and the overlay")
+        output_files += _write_pictures(series, masks, ggo, consolidation, measurements, out_dir,
+                                        settings, revision)
+    del ggo, consolidation
     lap("encode_s")
 
     document = measurements.to_json_dict()
@@ -131,7 +147,8 @@ def analyze_series(
             "series_instance_uid": series_uid,
             "revision": revision,
             "software_version": __version__,
-            "seg_sop_instance_uid": seg.SOPInstanceUID,
+            "seg_sop_instance_uid": segs["lesions"].SOPInstanceUID,
+            "seg_sop_instance_uids": {name: seg.SOPInstanceUID for name, seg in segs.items()},
             "sr_sop_instance_uid": sr_uids[2] if sr_uids else None,
             "timings_s": timings,
         }
@@ -158,9 +175,65 @@ def analyze_series(
     )
 
 
-def _write_dataset(path: Path, dataset) -> Path:
+def _write_pictures(series, masks, ggo, consolidation, measurements, out_dir: Path,
+                    settings: Settings, revision: int) -> list[Path]:
+    """The PDF report, its summary capture and the overlay series (as enabled)."""
+    o = settings.outputs
+    hu = series.volume.hu
+    lobes = masks.lobes
+
+    def slice_rgb(k: int):
+        return render.overlay_rgb(hu[k], ggo[k], consolidation[k],
+                                  None if lobes is None else lobes[k])
+
+    written: list[Path] = []
+    if o.pdf or o.summary:
+        lesion_per_slice = (ggo | consolidation).sum(axis=(1, 2))
+        lung_per_slice = (masks.lung_left | masks.lung_right).sum(axis=(1, 2))
+        keys = render.key_slices(lesion_per_slice, lung_per_slice)
+        n = hu.shape[0]
+        page = render.render_report(
+            measurements,
+            title="Lung CT quantification (lungnode)",
+            subtitle=_subtitle(series),
+            slices=[(f"slice {k + 1} of {n}", slice_rgb(k)) for k in keys],
+        )
+        if o.pdf:
+            write_atomically(out_dir / PDF_DOCUMENT_FILENAME, page.pdf)
+            ds = documents.build_pdf(series, page.pdf, series_number=o.pdf_series_number,
+                                     revision=revision, software_version=__version__)
+            written.append(_write_dataset(out_dir / PDF_FILENAME, ds))
+        if o.summary:
+            ds = documents.build_summary(series, page.rgb, series_number=o.summary_series_number,
+                                         revision=revision, software_version=__version__)
+            written.append(_write_dataset(out_dir / SUMMARY_FILENAME, ds))
+    if o.overlay:
+        images = (slice_rgb(k) for k in range(hu.shape[0]))
+        for k, ds in enumerate(documents.build_overlay(
+                series, images, series_number=o.overlay_series_number, revision=revision,
+                software_version=__version__)):
+            written.append(_write_dataset(out_dir / OVERLAY_FILENAME.format(k + 1), ds))
+    return written
+
+
+def _subtitle(series) -> str:
+    """Study date and series description only: no patient name or ID on the page header
+    (the DICOM header carries them; the page may be printed or forwarded)."""
+    first = series.source_datasets[0]
+    date = str(first.get("StudyDate", "") or "")
+    when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else "date unknown"
+    description = str(first.get("SeriesDescription", "") or "").strip() or "CT series"
+    thickness = first.get("SliceThickness", None)
+    extra = f", {float(thickness):g} mm slices" if thickness not in (None, "") else ""
+    return (f"Study of {when}; series \"{description}\" ({len(series.source_datasets)} slices"
+            f"{extra}); series number {first.get('SeriesNumber', '-')}")
+
+
+def _write_dataset(path: Path, dataset, transfer_syntax=None) -> Path:
     from io import BytesIO
 
+    if transfer_syntax is not None:
+        dataset.file_meta.TransferSyntaxUID = transfer_syntax
     buffer = BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     write_atomically(path, buffer.getvalue())

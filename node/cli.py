@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser("analyze", help="analyse a DICOM series offline (no network)")
     analyze.add_argument("dicom_dir", type=Path, help="folder with the CT series (searched recursively)")
-    analyze.add_argument("--out", type=Path, required=True, help="folder for seg.dcm, sr.dcm, measurements.json")
+    analyze.add_argument("--out", type=Path, required=True, help="folder for seg.dcm (lesions), seg_lungs.dcm, seg_lobes.dcm, sr.dcm, report.dcm/.pdf, summary.dcm, overlay_*.dcm, measurements.json")
     analyze.add_argument("--config", type=Path, help="config file (analysis settings)")
     analyze.add_argument(
         "--engine", choices=("unet", "threshold"), help="override analysis.engine for this run"
@@ -226,7 +226,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"lungnode analyze: {exc}", file=sys.stderr)
         return EXIT_USAGE
     m = result.measurements
-    _progress(f"done in {time.perf_counter() - started:.1f} s: " + ", ".join(str(p) for p in [*result.output_files, result.measurements_json]))
+    files = [p for p in result.output_files if not p.name.startswith("overlay_")]
+    overlays = len(result.output_files) - len(files)
+    listed = ", ".join(str(p) for p in [*files, result.measurements_json])
+    _progress(f"done in {time.perf_counter() - started:.1f} s: {listed}"
+              + (f" and {overlays} overlay images (overlay_*.dcm)" if overlays else ""))
     summary = {
         "lung_volume_ml": m.lung_volume_ml,
         "lesion_pct": m.lesion_pct,

@@ -86,19 +86,60 @@ class AnalysisSettings(_Strict):
         return self
 
 
+#: The kinds of output a destination can get (``destinations[].outputs``): ``seg`` the three
+#: SEG series (lesions, lungs, lobes), ``sr`` the TID 1500 SR, ``pdf`` the Encapsulated PDF
+#: report, ``summary`` its one-page RGB secondary capture, ``overlay`` the RGB
+#: secondary-capture series of the axial slices with the lesions coloured.
+OutputKind = Literal["seg", "sr", "pdf", "summary", "overlay"]
+OUTPUT_KINDS: tuple[str, ...] = ("seg", "sr", "pdf", "summary", "overlay")
+
+
 class OutputSettings(_Strict):
     seg: bool = True
     sr: bool = True
+    pdf: bool = True
+    summary: bool = True
+    overlay: bool = True
     seg_series_number: int = Field(9901, ge=1, le=2**31 - 1)
     sr_series_number: int = Field(9902, ge=1, le=2**31 - 1)
+    seg_lungs_series_number: int = Field(9903, ge=1, le=2**31 - 1)
+    seg_lobes_series_number: int = Field(9904, ge=1, le=2**31 - 1)
+    pdf_series_number: int = Field(9905, ge=1, le=2**31 - 1)
+    summary_series_number: int = Field(9906, ge=1, le=2**31 - 1)
+    overlay_series_number: int = Field(9907, ge=1, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _distinct_series_numbers(self) -> "OutputSettings":
+        seen: dict[int, str] = {}
+        for key, value in self.model_dump().items():
+            if key.endswith("_series_number"):
+                if value in seen:
+                    raise ValueError(f"outputs.{key} is {value}, the same as outputs.{seen[value]}")
+                seen[value] = key
+        return self
+
+    def enabled(self) -> tuple[str, ...]:
+        """The output kinds the node writes, in OUTPUT_KINDS order."""
+        return tuple(k for k in OUTPUT_KINDS if getattr(self, k))
 
 
 class Destination(_Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    #: What this destination gets; the default is every kind the node writes.
+    outputs: tuple[OutputKind, ...] = OUTPUT_KINDS
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("outputs")
+    @classmethod
+    def _check_outputs(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if not values:
+            raise ValueError("must list at least one of " + ", ".join(OUTPUT_KINDS))
+        if len(set(values)) != len(values):
+            raise ValueError("lists an output twice")
+        return values
 
     @classmethod
     def parse(cls, text: str) -> "Destination":
@@ -140,6 +181,17 @@ class Settings(_Strict):
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _outputs_written(self) -> "Settings":
+        enabled = set(self.outputs.enabled())
+        for i, dest in enumerate(self.destinations):
+            off = [k for k in dest.outputs if k not in enabled]
+            if off and "outputs" in dest.model_fields_set:
+                raise ValueError(
+                    f"destinations.{i}.outputs lists {', '.join(off)}, which the node does not "
+                    f"write (outputs.{off[0]} is false)")
+        return self
 
     @property
     def storage_root(self) -> Path:

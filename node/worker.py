@@ -3,7 +3,8 @@
 The analysis function is injected (``node.analysis.analyze_series`` in production). Outputs
 are written to ``outbox/<series>/.<revision>.partial-<job>`` and renamed to
 ``outbox/<series>/<revision>`` when complete, then the result, the job's ``done`` state and
-one delivery row per output file per destination are committed in one transaction. A crash
+one delivery row per output file per destination that gets its kind
+(node.delivery_plan) are committed in one transaction. A crash
 at any point before that commit leaves the job ``running``; start-up re-queues it and the
 rerun (deterministic output UIDs) replaces the outbox directory, so the job completes exactly
 once and nothing partial is ever delivered.
@@ -25,6 +26,7 @@ from typing import Callable
 import pydicom
 
 from node.config import Settings
+from node.delivery_plan import files_for, kind_of
 from node.spool import Spool, fsync_dir
 from node.store import DeliveryRequest, JobRecord, StateStore
 
@@ -104,10 +106,14 @@ class Worker:
             os.replace(work_dir, final_dir)
             fsync_dir(final_dir.parent)
             outputs = [final_dir / Path(p).name for p in output.output_files]
+            kinds = {p.name: kind_of(p.name) for p in outputs}
             deliveries = []
-            for out in outputs:
-                ds = pydicom.dcmread(out, stop_before_pixels=True)
-                for dest in self.settings.destinations:
+            headers = {}
+            for dest in self.settings.destinations:
+                for out in files_for(dest, outputs, kinds):
+                    if out not in headers:
+                        headers[out] = pydicom.dcmread(out, stop_before_pixels=True)
+                    ds = headers[out]
                     deliveries.append(DeliveryRequest(
                         str(out), str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(dest)))
             self.store.complete_job(

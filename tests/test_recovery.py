@@ -96,6 +96,6 @@ def test_kill9_while_analysing_completes_exactly_once(tmp_path):
         assert (root / "completed.log").read_text().split() == ["1"]
         outbox = root / "outbox" / uid
         assert [p.name for p in outbox.iterdir()] == ["1"]
-        assert pydicom.dcmread(outbox / "1" / "sc.dcm")
+        assert pydicom.dcmread(outbox / "1" / "summary.dcm")
     finally:
         child.stop()

@@ -47,7 +47,7 @@ def test_quiet_period_closes_and_analyses(node_factory, tmp_path):
     assert series.revision == 1 and series.analysed_instance_count == 5
     assert analysis.calls == [{"n": 5, "revision": 1, "predecessor_sr": None}]
     result = node.store.latest_result(uid)
-    assert (node.spool.outbox_path(uid, 1) / "sc.dcm").is_file()
+    assert (node.spool.outbox_path(uid, 1) / "summary.dcm").is_file()
     assert '"slices": 5' in result.measurements_json
 
 
@@ -114,5 +114,5 @@ def test_retention_removes_spool_of_finished_series_and_keeps_measurements(node_
     assert node.apply_retention(now=series.last_instance_at + 2 * 86400) == 1
     assert not any(os.path.exists(p) for p in spooled)
     assert node.store.latest_result(uid) is not None          # measurements stay
-    assert (node.spool.outbox_path(uid, 1) / "sc.dcm").is_file()  # no destinations: kept
+    assert (node.spool.outbox_path(uid, 1) / "summary.dcm").is_file()  # no destinations: kept
     assert node.apply_retention(now=series.last_instance_at + 3 * 86400) == 0  # once only

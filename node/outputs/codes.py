@@ -88,7 +88,7 @@ UNIT_NONE = codes.UCUM.NoUnits                                   # "1"
 
 @dataclass(frozen=True)
 class SegmentSpec:
-    """One SEG segment: its number, key, label and codes."""
+    """One SEG segment: the SEG group it belongs to, its number there, key, label and codes."""
 
     number: int
     key: str
@@ -97,16 +97,26 @@ class SegmentSpec:
     property_type: object
     modifier: object | None
     rgb: tuple[int, int, int]
+    group: str = ""
 
 
-SEGMENTS: tuple[SegmentSpec, ...] = (
-    SegmentSpec(1, "left_lung", "Left lung", ANATOMICAL_STRUCTURE, LUNG, LEFT, (128, 174, 128)),
-    SegmentSpec(2, "right_lung", "Right lung", ANATOMICAL_STRUCTURE, LUNG, RIGHT, (111, 184, 210)),
-    SegmentSpec(3, "ggo", "Ground glass opacity", MORPHOLOGICALLY_ABNORMAL, GROUND_GLASS_OPACITY,
-                None, (241, 214, 69)),
-    SegmentSpec(4, "consolidation", "Consolidation", MORPHOLOGICALLY_ABNORMAL, LUNG_CONSOLIDATION,
-                None, (216, 101, 79)),
-)
+@dataclass(frozen=True)
+class SegGroup:
+    """One SEG series: segments that never overlap, so viewers show them as one labelmap.
+
+    ``name`` is the group key (the ``seg_series_numbers`` key too), ``filename`` what
+    ``lungnode analyze`` writes, ``description`` the SeriesDescription a radiologist sees.
+    """
+
+    name: str
+    filename: str
+    description: str
+    segments: tuple[SegmentSpec, ...]
+
+
+def _spec(number: int, group: str, key: str, label: str, category, ptype, modifier, rgb):
+    return SegmentSpec(number, key, label, category, ptype, modifier, rgb, group)
+
 
 _LOBE_CODES = {
     Lobe.LEFT_UPPER: ("Left upper lobe", UPPER_LOBE, LEFT, (183, 156, 220)),
@@ -116,10 +126,30 @@ _LOBE_CODES = {
     Lobe.RIGHT_LOWER: ("Right lower lobe", LOWER_LOBE, RIGHT, (250, 250, 210)),
 }
 
-#: Lobe segments 5..9 in Lobe order (only written when Masks.lobes is not None).
-LOBE_SEGMENTS: tuple[SegmentSpec, ...] = tuple(
-    SegmentSpec(4 + int(lobe), LOBE_KEYS[lobe], label, ANATOMICAL_STRUCTURE, ptype, mod, rgb)
+#: The three SEG series. Within each, segments are numbered from 1 and do not overlap
+#: (GGO and consolidation split the lesion mask by HU; left/right lung are disjoint; the
+#: lobes are one label map), which is what OHIF needs to hold every voxel in one labelmap.
+LESIONS = SegGroup("lesions", "seg.dcm", "Lesions: GGO and consolidation (lungnode)", (
+    _spec(1, "lesions", "ggo", "Ground glass opacity", MORPHOLOGICALLY_ABNORMAL,
+          GROUND_GLASS_OPACITY, None, (241, 214, 69)),
+    _spec(2, "lesions", "consolidation", "Consolidation", MORPHOLOGICALLY_ABNORMAL,
+          LUNG_CONSOLIDATION, None, (216, 101, 79)),
+))
+LUNGS = SegGroup("lungs", "seg_lungs.dcm", "Lungs: left and right (lungnode)", (
+    _spec(1, "lungs", "left_lung", "Left lung", ANATOMICAL_STRUCTURE, LUNG, LEFT, (128, 174, 128)),
+    _spec(2, "lungs", "right_lung", "Right lung", ANATOMICAL_STRUCTURE, LUNG, RIGHT,
+          (111, 184, 210)),
+))
+LOBES = SegGroup("lobes", "seg_lobes.dcm", "Lung lobes (lungnode)", tuple(
+    _spec(int(lobe), "lobes", LOBE_KEYS[lobe], label, ANATOMICAL_STRUCTURE, ptype, mod, rgb)
     for lobe, (label, ptype, mod, rgb) in sorted(_LOBE_CODES.items())
-)
+))
+SEG_GROUPS: tuple[SegGroup, ...] = (LESIONS, LUNGS, LOBES)
+
+SEGMENTS: tuple[SegmentSpec, ...] = LUNGS.segments + LESIONS.segments
+#: Lobe segments 1..5 of the lobes SEG, in Lobe order (only written when Masks.lobes is set).
+LOBE_SEGMENTS: tuple[SegmentSpec, ...] = LOBES.segments
+SEGMENT_BY_KEY: dict[str, SegmentSpec] = {
+    spec.key: spec for group in SEG_GROUPS for spec in group.segments}
 
 LOBE_VALUE_BY_KEY: dict[str, int] = {key: int(lobe) for lobe, key in LOBE_KEYS.items()}

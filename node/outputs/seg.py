@@ -1,13 +1,22 @@
-"""DICOM Segmentation (BINARY) of lungs, GGO, consolidation and (when present) lobes.
+"""DICOM Segmentations (BINARY): one SEG series per group of non-overlapping segments.
 
-The SEG is aligned pixel for pixel with the source series: frame k of segment s is slice k
-of the LoadedSeries (its Derivation Image / Source Image references that slice's SOP
-Instance UID, its Plane Position is that slice's Image Position (Patient)). Frames without
-any voxel are omitted (highdicom ``omit_empty_frames``). Segment numbers, labels and codes
-come from :mod:`node.outputs.codes`.
+Three groups (node.outputs.codes.SEG_GROUPS): lesions (GGO, consolidation), lungs (left,
+right) and lobes (five, only when ``masks.lobes`` is set). Segments of one group never
+overlap, so a viewer that holds a SEG as one labelmap (OHIF, cornerstone3D) keeps every
+voxel; one SEG with overlapping lungs, lesions and lobes made OHIF split it into layers and
+drop voxels.
+
+Each SEG is aligned pixel for pixel with the source series and keeps every frame of the
+source grid (``omit_empty_frames=False``): frame k of segment s is slice k of the
+LoadedSeries, its Derivation Image / Source Image references that slice's SOP Instance UID,
+its Plane Position is that slice's Image Position (Patient). Viewers that map frames by
+position then need no gap logic (OHIF showed shifts with omitted empty frames elsewhere).
+The frames are bit-packed and the file is written Deflated Explicit VR Little Endian
+(``SEG_TRANSFER_SYNTAX``): a 133-slice 512x512 lesion SEG is about 8.7 MB uncompressed and
+about 0.1 MB deflated.
 
 UIDs are derived with ``derive_uid(source series UID, revision, software_version, "SEG",
-...)`` so that a resend after a crash replaces rather than duplicates.
+group, ...)`` so that a resend after a crash replaces rather than duplicates.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from node.outputs.codes import LOBE_SEGMENTS, LOBE_VALUE_BY_KEY, SEGMENTS, SegmentSpec
+from node.outputs.codes import LESIONS, LOBES, LUNGS, SegGroup, SegmentSpec
+from node.outputs.header import patient_study_reference
 from node.uids import derive_uid
 from node.volume import LoadedSeries
 from segmentation.types import Masks
@@ -29,15 +40,17 @@ logger = logging.getLogger(__name__)
 MANUFACTURER = "lungnode project"
 MODEL_NAME = "lungnode"
 DEVICE_SERIAL_NUMBER = "lungnode"
-SERIES_DESCRIPTION = "Lung/GGO/consolidation (lungnode)"
 CONTENT_LABEL = "LUNGNODE"
+#: The transfer syntax SEG files are written in (see the module docstring).
+SEG_TRANSFER_SYNTAX = DeflatedExplicitVRLittleEndian
 #: Engines whose masks come from a trained network (Artificial Intelligence family).
 AI_ENGINES = frozenset({"unet"})
 
 
-def seg_uids(series: LoadedSeries, revision: int, software_version: str) -> tuple[str, str]:
-    """(SeriesInstanceUID, SOPInstanceUID) of the SEG for this series/revision/version."""
-    parts = (series.series_instance_uid, revision, software_version, "SEG")
+def seg_uids(series: LoadedSeries, revision: int, software_version: str,
+             group: str = "lesions") -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of one group's SEG for this series/revision/version."""
+    parts = (series.series_instance_uid, revision, software_version, "SEG", group)
     return derive_uid(*parts, "series"), derive_uid(*parts, "instance")
 
 
@@ -46,86 +59,94 @@ def segment_tracking_uid(series: LoadedSeries, key: str) -> str:
     return derive_uid(series.series_instance_uid, "tracking", key)
 
 
-def build_seg(
+def build_segs(
     series: LoadedSeries,
     masks: Masks,
     ggo: np.ndarray,
     consolidation: np.ndarray,
     *,
-    series_number: int,
+    series_numbers: dict[str, int],
     revision: int,
     software_version: str,
-) -> Dataset:
-    """Build the SEG for ``series`` from ``masks`` and the GGO / consolidation masks.
+) -> dict[str, Dataset]:
+    """The SEGs for ``series``: {"lesions": ..., "lungs": ..., "lobes": ...} (lobes only when
+    ``masks.lobes`` is set). ``series_numbers`` maps each group name to its series number.
 
-    All masks must be boolean (or 0/1) arrays with the volume's shape (z, y, x). Segments:
-    1 left lung, 2 right lung, 3 ground-glass opacity, 4 consolidation, and 5-9 the lobes
-    (left upper, left lower, right upper, right middle, right lower) when ``masks.lobes``
-    is not None. Returns a highdicom Segmentation (a pydicom Dataset).
+    All masks must be boolean (or 0/1) arrays with the volume's shape (z, y, x); GGO and
+    consolidation must not overlap, nor left and right lung.
     """
     shape = series.volume.hu.shape
-    arrays: list[tuple[SegmentSpec, np.ndarray]] = [
-        (SEGMENTS[0], masks.lung_left),
-        (SEGMENTS[1], masks.lung_right),
-        (SEGMENTS[2], ggo),
-        (SEGMENTS[3], consolidation),
-    ]
-    for spec, array in arrays:
-        _check_mask(spec.label, array, shape)
-    lobes = masks.lobes
-    if lobes is not None:
-        _check_mask("lobes", lobes, shape, label_map=True)
+    for name, array in (("left lung", masks.lung_left), ("right lung", masks.lung_right),
+                        ("ground glass opacity", ggo), ("consolidation", consolidation)):
+        _check_mask(name, array, shape)
+    out: dict[str, Dataset] = {}
+    out["lesions"] = _build_group(series, LESIONS, _labels(LESIONS, (ggo, consolidation)),
+                                  masks.engine, series_numbers, revision, software_version)
+    out["lungs"] = _build_group(series, LUNGS, _labels(LUNGS, (masks.lung_left, masks.lung_right)),
+                                masks.engine, series_numbers, revision, software_version)
+    if masks.lobes is not None:
+        _check_mask("lobes", masks.lobes, shape, label_map=True)
+        lobes = np.asarray(masks.lobes)
+        if lobes.min() < 0 or lobes.max() > len(LOBES.segments):
+            raise ValueError(f"lobes label map holds values outside 0..{len(LOBES.segments)}")
+        out["lobes"] = _build_group(series, LOBES, lobes.astype(np.uint8, copy=False),
+                                    masks.engine, series_numbers, revision, software_version)
+    return out
 
-    n_segments = len(arrays) + (len(LOBE_SEGMENTS) if lobes is not None else 0)
-    # Only the slices that hold any segment go into the SEG (empty frames are omitted anyway);
-    # building the frame stack for those alone keeps highdicom's working copies small.
-    occupied = np.zeros(shape[0], dtype=bool)
-    for _, array in arrays:
-        occupied |= array.any(axis=(1, 2))
-    if lobes is not None:
-        occupied |= lobes.any(axis=(1, 2))
-    slices = np.flatnonzero(occupied)
-    if slices.size == 0:
-        slices = np.array([0])  # an all-empty SEG still needs one (empty) source frame
-    stacked = np.zeros((slices.size,) + shape[1:] + (n_segments,), dtype=bool)
-    for i, (_, array) in enumerate(arrays):
-        stacked[..., i] = array[slices]
-    specs = [spec for spec, _ in arrays]
-    if lobes is not None:
-        for j, spec in enumerate(LOBE_SEGMENTS):
-            np.equal(lobes[slices], LOBE_VALUE_BY_KEY[spec.key], out=stacked[..., len(arrays) + j])
-            specs.append(spec)
-    source_images = [series.source_datasets[i] for i in slices]
 
+def build_seg(series: LoadedSeries, masks: Masks, ggo: np.ndarray, consolidation: np.ndarray,
+              *, series_number: int, revision: int, software_version: str) -> Dataset:
+    """The lesions SEG alone (GGO = segment 1, consolidation = segment 2)."""
+    _check_mask("ground glass opacity", ggo, series.volume.hu.shape)
+    _check_mask("consolidation", consolidation, series.volume.hu.shape)
+    return _build_group(series, LESIONS, _labels(LESIONS, (ggo, consolidation)), masks.engine,
+                        {"lesions": series_number}, revision, software_version)
+
+
+def _labels(group: SegGroup, arrays: tuple[np.ndarray, ...]) -> np.ndarray:
+    """One uint8 label map (0 = none, n = segment n) from disjoint boolean masks."""
+    labels = np.zeros(arrays[0].shape, dtype=np.uint8)
+    for spec, array in zip(group.segments, arrays):
+        array = np.asarray(array, dtype=bool)
+        if np.any(labels[array]):
+            raise ValueError(f"{spec.label} overlaps another segment of the {group.name} SEG")
+        labels[array] = spec.number
+    return labels
+
+
+def _build_group(series: LoadedSeries, group: SegGroup, labels: np.ndarray, engine: str,
+                 series_numbers: dict[str, int], revision: int,
+                 software_version: str) -> Dataset:
+    if group.name not in series_numbers:
+        raise ValueError(f"no series number for the {group.name} SEG")
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"lungnode {masks.engine}",
-        family=(codes.cid7162.ArtificialIntelligence if masks.engine in AI_ENGINES
+        name=f"lungnode {engine}",
+        family=(codes.cid7162.ArtificialIntelligence if engine in AI_ENGINES
                 else codes.cid7162.MorphologicalOperations),
         version=software_version,
     )
-    descriptions = [_description(series, spec, algorithm) for spec in specs]
-    series_uid, sop_uid = seg_uids(series, revision, software_version)
+    descriptions = [_description(series, spec, algorithm) for spec in group.segments]
+    series_uid, sop_uid = seg_uids(series, revision, software_version, group.name)
     seg = hd.seg.Segmentation(
-        source_images=source_images,
-        pixel_array=stacked,
+        source_images=patient_study_reference(series.source_datasets),
+        pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series_uid,
-        series_number=series_number,
+        series_number=series_numbers[group.name],
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,
         software_versions=software_version,
         device_serial_number=DEVICE_SERIAL_NUMBER,
-        content_description=SERIES_DESCRIPTION,
+        content_description=group.description[:64],
         content_label=CONTENT_LABEL,
-        omit_empty_frames=True,
+        omit_empty_frames=False,
     )
-    del stacked
-    seg.SeriesDescription = SERIES_DESCRIPTION
-    logger.info("series %s: SEG %s with %d segments, %d frames",
-                series.series_instance_uid, sop_uid, n_segments, int(seg.NumberOfFrames))
+    seg.SeriesDescription = group.description
+    logger.info("series %s: %s SEG %s with %d segments, %d frames", series.series_instance_uid,
+                group.name, sop_uid, len(descriptions), int(seg.NumberOfFrames))
     return seg
 
 

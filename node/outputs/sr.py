@@ -34,6 +34,7 @@ references it and the Series Description says "amended".
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -41,6 +42,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from node.outputs import codes as lc
+from node.outputs.header import patient_study_reference
+from node.outputs.rounding import rounded
 from node.outputs.seg import AI_ENGINES, MANUFACTURER, MODEL_NAME, segment_tracking_uid
 from node.uids import derive_uid
 from node.volume import LoadedSeries
@@ -63,7 +66,7 @@ def sr_uids(series: LoadedSeries, revision: int, software_version: str) -> tuple
 
 def build_sr(
     series: LoadedSeries,
-    seg: Dataset,
+    segs: Mapping[str, Dataset],
     measurements: Measurements,
     *,
     series_number: int,
@@ -71,15 +74,18 @@ def build_sr(
     software_version: str,
     predecessor: tuple[str, str, str] | None = None,
 ) -> Dataset:
-    """Build the TID 1500 Comprehensive 3D SR for ``series`` referencing ``seg``'s segments.
+    """Build the TID 1500 Comprehensive 3D SR for ``series`` referencing the segments of
+    ``segs`` ({"lesions": SEG, "lungs": SEG, "lobes": SEG}, node.outputs.seg.build_segs):
+    each measurement group references its segment in the SEG of that segment's group.
 
     predecessor: (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) of the earlier SR of
         the same source series that this one amends, or None.
     """
-    if str(seg.SOPClassUID) != SegmentationStorage:
-        raise ValueError(f"seg is not a Segmentation (SOP class {seg.SOPClassUID})")
-    if str(seg.StudyInstanceUID) != series.study_instance_uid:
-        raise ValueError("seg belongs to another study than the series")
+    for name, seg in segs.items():
+        if str(seg.SOPClassUID) != SegmentationStorage:
+            raise ValueError(f"the {name} SEG is not a Segmentation (SOP class {seg.SOPClassUID})")
+        if str(seg.StudyInstanceUID) != series.study_instance_uid:
+            raise ValueError(f"the {name} SEG belongs to another study than the series")
     series_uid, sop_uid = sr_uids(series, revision, software_version)
     if predecessor is not None and predecessor[2] == sop_uid:
         raise ValueError("an SR cannot amend itself: bump the revision for an amendment")
@@ -92,11 +98,11 @@ def build_sr(
         family=(codes.cid7162.ArtificialIntelligence if measurements.engine in AI_ENGINES
                 else codes.cid7162.MorphologicalOperations),
     )
-    segments = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
     not_computed: list[str] = []
     groups: list = [_whole_lung_group(series, measurements, algorithm, not_computed)]
     for spec in lc.SEGMENTS + lc.LOBE_SEGMENTS:
-        if spec.number not in segments:
+        seg = segs.get(spec.group)
+        if seg is None or spec.number not in {int(i.SegmentNumber) for i in seg.SegmentSequence}:
             continue
         values = _segment_values(spec.key, measurements)
         if values is None:
@@ -138,7 +144,7 @@ def build_sr(
         previous = [pre]
 
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*series.source_datasets, seg],
+        evidence=[*patient_study_reference(series.source_datasets), *segs.values()],
         content=report,
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -253,8 +259,20 @@ def _measurements(rows, not_computed: list[str], where: str) -> list[hd.sr.Measu
             continue
         if isinstance(value, bool):
             raise TypeError(f"{name.meaning}: boolean is not a measurement value")
-        out.append(hd.sr.Measurement(name=name, value=float(value), unit=unit, method=method))
+        out.append(hd.sr.Measurement(name=name, value=rounded(_kind(name, unit), value),
+                                     unit=unit, method=method))
     return out
+
+
+def _kind(name, unit) -> str:
+    """How a value is rounded (node.outputs.rounding), from its unit and concept."""
+    if unit == lc.UNIT_ML:
+        return "ml"
+    if unit == lc.UNIT_PERCENT:
+        return "percent"
+    if unit == lc.UNIT_SCORE or name == lc.INVOLVED_LOBES:
+        return "score"
+    return "index"
 
 
 def _remarks(m: Measurements, predecessor: tuple[str, str, str] | None,
