@@ -310,7 +310,8 @@ class OrthancServer:
     """A throw-away Orthanc (``/usr/sbin/Orthanc``) configured for tests.
 
     Called AE title checked (``aet``), every calling AE may C-ECHO and C-STORE, no
-    plugins, no Orthanc Explorer/WebDAV, REST API without authentication answering
+    plugins unless ``plugins`` names them (e.g. the DICOMweb plugin, with its settings in
+    ``extra_config``), no Orthanc Explorer/WebDAV, REST API without authentication answering
     only local clients (``RemoteAccessAllowed: false``).
 
     Orthanc 1.10 has no option to choose the address it listens on: both the DICOM and
@@ -324,8 +325,12 @@ class OrthancServer:
         aet: str = "ORTHANC",
         start_timeout_s: float = 60,
         exit_grace_s: float = 20,
+        plugins: Sequence[str] = (),
+        extra_config: dict[str, Any] | None = None,
     ):
         self.workdir = Path(workdir)
+        self.plugins = list(plugins)
+        self.extra_config = dict(extra_config or {})
         self.exit_grace_s = exit_grace_s
         self.aet = aet
         self.dicom_port = 0
@@ -349,7 +354,7 @@ class OrthancServer:
             "Name": f"lungnode-test-{self.dicom_port}",
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
-            "Plugins": [],
+            "Plugins": self.plugins,
             "DicomServerEnabled": True,
             "DicomAet": self.aet,
             "DicomPort": self.dicom_port,
@@ -372,6 +377,7 @@ class OrthancServer:
             "SyncStorageArea": False,
             "StableAge": 1,
             "LuaScripts": [],
+            **self.extra_config,
         }
 
     def start(self) -> "OrthancServer":

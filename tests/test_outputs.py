@@ -11,7 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.outputs import build_seg, build_sr
+from node.outputs import build_segs, build_sr
+from node.outputs.seg import SEG_TRANSFER_SYNTAX
 from node.outputs.codes import PRIVATE_SCHEME
 from node.volume import LoadedSeries, load_series
 from quant.measurements import LobeMeasurement, Measurements, RegionMeasurement
@@ -38,6 +39,7 @@ def _masks(series: LoadedSeries, with_lobes: bool) -> tuple[Masks, np.ndarray, n
     consolidation = np.zeros_like(lung)
     z0 = hu.shape[0] // 2
     consolidation[z0:z0 + 3, 25:30, 15:20] = True
+    ggo &= ~consolidation  # the HU split makes them disjoint
     lobes = None
     if with_lobes:
         z = np.arange(hu.shape[0])[:, None, None]
@@ -88,22 +90,35 @@ def _assert_valid(path: Path) -> list[str]:
     return dciodvfy_warnings(path)
 
 
+SERIES_NUMBERS = {"lesions": 901, "lungs": 903, "lobes": 904}
+
+
 @pytest.fixture(scope="module")
-def seg_and_masks(series: LoadedSeries):
-    masks, ggo, consolidation = _masks(series, with_lobes=False)
-    seg = build_seg(series, masks, ggo, consolidation, series_number=901, revision=1,
-                    software_version=VERSION)
-    return seg, masks, ggo, consolidation
+def segs_and_masks(series: LoadedSeries):
+    masks, ggo, consolidation = _masks(series, with_lobes=True)
+    segs = build_segs(series, masks, ggo, consolidation, series_numbers=SERIES_NUMBERS,
+                      revision=1, software_version=VERSION)
+    return segs, masks, ggo, consolidation
 
 
-def test_seg_frames_align_with_the_source(series, seg_and_masks, tmp_path) -> None:
-    seg, masks, ggo, consolidation = seg_and_masks
-    back, path = _roundtrip(seg, tmp_path, "seg.dcm")
-    stacked = np.stack([masks.lung_left, masks.lung_right, ggo, consolidation], axis=-1)
-    expected_frames = int(sum(stacked[..., s].reshape(len(stacked), -1).any(axis=1).sum()
-                              for s in range(4)))
-    assert int(back.NumberOfFrames) == expected_frames  # empty frames omitted
-    pixels = back.pixel_array.reshape(expected_frames, 64, 64)
+def _deflated_roundtrip(ds: pydicom.Dataset, tmp_path: Path, name: str):
+    ds.file_meta.TransferSyntaxUID = SEG_TRANSFER_SYNTAX
+    return _roundtrip(ds, tmp_path, name)
+
+
+@pytest.mark.parametrize("group", ["lesions", "lungs", "lobes"])
+def test_each_seg_keeps_every_source_frame(series, segs_and_masks, tmp_path, group) -> None:
+    segs, masks, ggo, consolidation = segs_and_masks
+    expected = {
+        "lesions": [ggo, consolidation],
+        "lungs": [masks.lung_left, masks.lung_right],
+        "lobes": [masks.lobes == value for value in range(1, 6)],
+    }[group]
+    back, path = _deflated_roundtrip(segs[group], tmp_path, f"seg_{group}.dcm")
+    assert back.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    n = len(series.source_datasets)
+    assert int(back.NumberOfFrames) == n * len(expected)  # no frame omitted, empty ones kept
+    pixels = back.pixel_array.reshape(int(back.NumberOfFrames), 64, 64)
     index_by_sop = {uid: k for k, uid in enumerate(series.sop_instance_uids)}
     seen = set()
     for frame, item in enumerate(back.PerFrameFunctionalGroupsSequence):
@@ -112,55 +127,87 @@ def test_seg_frames_align_with_the_source(series, seg_and_masks, tmp_path) -> No
         segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         ipp = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
         assert ipp == pytest.approx(list(series.image_positions_patient[k]), abs=1e-3)
-        np.testing.assert_array_equal(pixels[frame].astype(bool), stacked[k, :, :, segment - 1])
+        np.testing.assert_array_equal(pixels[frame].astype(bool), expected[segment - 1][k])
         seen.add((k, segment))
-    assert len(seen) == expected_frames
+    assert len(seen) == n * len(expected)
     assert back.StudyInstanceUID == series.study_instance_uid
     assert back.FrameOfReferenceUID == series.frame_of_reference_uid
     assert back.SeriesInstanceUID != series.series_instance_uid
+    assert int(back.SeriesNumber) == SERIES_NUMBERS[group]
     assert back.SegmentationType == "BINARY"
-    assert back.SeriesDescription == "Lung/GGO/consolidation (lungnode)"
+    assert back.SeriesDescription == {
+        "lesions": "Lesions: GGO and consolidation (lungnode)",
+        "lungs": "Lungs: left and right (lungnode)",
+        "lobes": "Lung lobes (lungnode)"}[group]
+    # the second reader: highdicom gives back the same voxels per segment
+    reread = hd.seg.Segmentation.from_dataset(back)
+    for number, mask in enumerate(expected, start=1):
+        volume = reread.get_pixels_by_source_instance(
+            source_sop_instance_uids=list(series.sop_instance_uids), segment_numbers=[number])
+        assert int(volume.sum()) == int(np.count_nonzero(mask)), (group, number)
     warnings = _assert_valid(path)
     # the only warnings come from the source's retired-form person names
     assert all("Retired Person Name form" in w for w in warnings), warnings
 
 
-def test_seg_segments_and_codes(seg_and_masks) -> None:
-    seg = seg_and_masks[0]
-    segments = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
-    assert sorted(segments) == [1, 2, 3, 4]
-    labels = {n: s.SegmentLabel for n, s in segments.items()}
-    assert labels == {1: "Left lung", 2: "Right lung", 3: "Ground glass opacity",
-                      4: "Consolidation"}
+def test_seg_deflate_shrinks_the_file(segs_and_masks, tmp_path) -> None:
+    seg = segs_and_masks[0]["lesions"]
+    plain = io.BytesIO()
+    seg.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    seg.save_as(plain, enforce_file_format=True)
+    _, path = _deflated_roundtrip(seg, tmp_path, "deflated.dcm")
+    assert path.stat().st_size < len(plain.getvalue()) / 3
+
+
+def test_segments_of_a_group_never_overlap(series) -> None:
+    masks, ggo, consolidation = _masks(series, with_lobes=False)
+    with pytest.raises(ValueError, match="overlaps"):
+        build_segs(series, masks, ggo, ggo, series_numbers=SERIES_NUMBERS, revision=1,
+                   software_version=VERSION)
+
+
+def test_seg_segments_and_codes(segs_and_masks) -> None:
+    segs = segs_and_masks[0]
+    assert sorted(segs) == ["lesions", "lobes", "lungs"]
+
+    def by_number(seg):
+        return {int(s.SegmentNumber): s for s in seg.SegmentSequence}
 
     def code(item, seq):
         c = getattr(item, seq)[0]
         return c.CodingSchemeDesignator, c.CodeValue
 
-    assert code(segments[1], "SegmentedPropertyTypeCodeSequence") == ("SCT", "39607008")
-    modifier = segments[1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    lesions, lungs = by_number(segs["lesions"]), by_number(segs["lungs"])
+    assert {n: s.SegmentLabel for n, s in lesions.items()} == {
+        1: "Ground glass opacity", 2: "Consolidation"}
+    assert {n: s.SegmentLabel for n, s in lungs.items()} == {1: "Left lung", 2: "Right lung"}
+    assert code(lungs[1], "SegmentedPropertyTypeCodeSequence") == ("SCT", "39607008")
+    modifier = lungs[1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
     assert (modifier[0].CodeValue, modifier[0].CodeMeaning) == ("7771000", "Left")
-    modifier = segments[2].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    modifier = lungs[2].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
     assert modifier[0].CodeValue == "24028007"
-    assert code(segments[3], "SegmentedPropertyTypeCodeSequence") == ("DCM", "112120")
-    assert code(segments[4], "SegmentedPropertyTypeCodeSequence") == ("SCT", "95436008")
-    assert code(segments[1], "SegmentedPropertyCategoryCodeSequence") == ("SCT", "91723000")
-    assert code(segments[3], "SegmentedPropertyCategoryCodeSequence") == ("SCT", "49755003")
-    for s in segments.values():
-        assert s.SegmentAlgorithmType == "AUTOMATIC"
-        assert s.SegmentAlgorithmName == "lungnode threshold"
+    assert code(lesions[1], "SegmentedPropertyTypeCodeSequence") == ("DCM", "112120")
+    assert code(lesions[2], "SegmentedPropertyTypeCodeSequence") == ("SCT", "95436008")
+    assert code(lungs[1], "SegmentedPropertyCategoryCodeSequence") == ("SCT", "91723000")
+    assert code(lesions[1], "SegmentedPropertyCategoryCodeSequence") == ("SCT", "49755003")
+    for seg in segs.values():
+        for s in seg.SegmentSequence:
+            assert s.SegmentAlgorithmType == "AUTOMATIC"
+            assert s.SegmentAlgorithmName == "lungnode threshold"
 
 
-def test_seg_uids_are_deterministic(series, seg_and_masks) -> None:
-    seg = seg_and_masks[0]
-    masks, ggo, consolidation = _masks(series, with_lobes=False)
-    again = build_seg(series, masks, ggo, consolidation, series_number=901, revision=1,
-                      software_version=VERSION)
-    other = build_seg(series, masks, ggo, consolidation, series_number=901, revision=2,
-                      software_version=VERSION)
-    assert (again.SeriesInstanceUID, again.SOPInstanceUID) == (seg.SeriesInstanceUID,
-                                                               seg.SOPInstanceUID)
-    assert other.SOPInstanceUID != seg.SOPInstanceUID
+def test_seg_uids_are_deterministic(series, segs_and_masks) -> None:
+    segs = segs_and_masks[0]
+    masks, ggo, consolidation = _masks(series, with_lobes=True)
+    again = build_segs(series, masks, ggo, consolidation, series_numbers=SERIES_NUMBERS,
+                       revision=1, software_version=VERSION)
+    other = build_segs(series, masks, ggo, consolidation, series_numbers=SERIES_NUMBERS,
+                       revision=2, software_version=VERSION)
+    for group, seg in segs.items():
+        assert (again[group].SeriesInstanceUID, again[group].SOPInstanceUID) == (
+            seg.SeriesInstanceUID, seg.SOPInstanceUID)
+        assert other[group].SOPInstanceUID != seg.SOPInstanceUID
+    assert len({seg.SeriesInstanceUID for seg in segs.values()}) == 3
 
 
 def _num_items(sr: pydicom.Dataset) -> dict[tuple[str, str], float]:
@@ -184,40 +231,71 @@ def _texts(sr: pydicom.Dataset) -> list[str]:
     return [i.TextValue for i in container.ContentSequence]
 
 
-def test_sr_contains_the_measurements(series, seg_and_masks, tmp_path) -> None:
-    seg = seg_and_masks[0]
+def _segs_without_lobes(series):
+    masks, ggo, consolidation = _masks(series, with_lobes=False)
+    return build_segs(series, masks, ggo, consolidation, series_numbers=SERIES_NUMBERS,
+                      revision=1, software_version=VERSION)
+
+
+def _references(sr: pydicom.Dataset) -> dict[str, tuple[str, int]]:
+    """tracking identifier -> (referenced SEG SOP Instance UID, segment number)."""
+    imaging = next(i for i in sr.ContentSequence
+                   if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    out = {}
+    for group in imaging.ContentSequence:
+        tracking = next(i.TextValue for i in group.ContentSequence
+                        if i.ConceptNameCodeSequence[0].CodeValue == "112039")
+        for item in group.ContentSequence:
+            if item.ValueType == "IMAGE" and "ReferencedSegmentNumber" in item.ReferencedSOPSequence[0]:
+                ref = item.ReferencedSOPSequence[0]
+                out[tracking] = (ref.ReferencedSOPInstanceUID, int(ref.ReferencedSegmentNumber))
+    return out
+
+
+def test_sr_contains_the_measurements_rounded(series, tmp_path) -> None:
+    segs = _segs_without_lobes(series)
+    assert "lobes" not in segs
     m = _measurements(with_lobes=False)
-    sr = build_sr(series, seg, m, series_number=902, revision=1, software_version=VERSION)
+    sr = build_sr(series, segs, m, series_number=902, revision=1, software_version=VERSION)
     back, path = _roundtrip(sr, tmp_path, "sr.dcm")
     assert back.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
     assert back.StudyInstanceUID == series.study_instance_uid
     assert back.SeriesDescription == "Lung quantification report (lungnode)"
     assert "PredecessorDocumentsSequence" not in back
     values = _num_items(back)
-    assert values[("Whole lung", "Volume")] == pytest.approx(m.lung_volume_ml)
-    assert values[("Whole lung", "Lesion percent of lung volume")] == pytest.approx(m.lesion_pct)
-    assert values[("Whole lung", "Ground glass opacity volume")] == pytest.approx(m.ggo_volume_ml)
-    assert values[("Whole lung", "Consolidation volume")] == pytest.approx(m.consolidation_volume_ml)
-    assert values[("Left lung", "Volume")] == pytest.approx(1900.0)
-    assert values[("Right lung", "Lesion volume (GGO and consolidation)")] == pytest.approx(200.75)
-    assert values[("Ground glass opacity", "Volume")] == pytest.approx(m.ggo_volume_ml)
-    assert values[("Ground glass opacity", "Percent of lung volume")] == pytest.approx(m.ggo_pct)
-    assert values[("Consolidation", "Percent of lung volume")] == pytest.approx(m.consolidation_pct)
-    assert values[("Whole lung", "CT severity score equivalent from lesion percent")] == 5.5
+    # numbers as a radiologist reads them: ml to 1 from 100 ml, else 0.1; % to 0.1; scores int
+    assert values[("Whole lung", "Volume")] == 4013            # 4012.5
+    assert values[("Whole lung", "Lesion percent of lung volume")] == 7.5   # 7.51
+    assert values[("Whole lung", "Ground glass opacity volume")] == 251     # 250.5
+    assert values[("Whole lung", "Consolidation volume")] == 50.8           # 50.75
+    assert values[("Left lung", "Volume")] == 1900
+    assert values[("Right lung", "Lesion volume (GGO and consolidation)")] == 201  # 200.75
+    assert values[("Ground glass opacity", "Volume")] == 251
+    assert values[("Ground glass opacity", "Percent of lung volume")] == 6.2
+    assert values[("Consolidation", "Percent of lung volume")] == 1.3
+    assert values[("Whole lung", "CT severity score equivalent from lesion percent")] == 6  # 5.5
+    assert values[("Whole lung", "Hellinger distance of lung HU histogram to normal reference")
+                  ] == 0.31
+    raw = [item.MeasuredValueSequence[0].NumericValue for item in _all_nums(back)]
+    assert all(len(str(v).replace("-", "").replace(".", "")) <= 6 for v in raw), raw
     # None is never written as a number, and it is said so
     assert ("Whole lung", "CT severity score (0-25)") not in values
     assert ("Whole lung", "Intersection over union with reference lung mask") not in values
     texts = _texts(back)
     assert "whole lung: CT severity score (0-25) not computed" in texts
     assert "lobes unavailable: fissures not found" in texts
-    # groups reference their SEG segment
-    imaging = next(i for i in back.ContentSequence
-                   if i.ConceptNameCodeSequence[0].CodeValue == "126010")
-    referenced = sorted(
-        int(i.ReferencedSOPSequence[0].ReferencedSegmentNumber)
-        for g in imaging.ContentSequence for i in g.ContentSequence if i.ValueType == "IMAGE"
-        and "ReferencedSegmentNumber" in i.ReferencedSOPSequence[0])
-    assert referenced == [1, 2, 3, 4]
+    # each group references its segment in its own group's SEG
+    refs = _references(back)
+    assert refs == {
+        "Left lung": (segs["lungs"].SOPInstanceUID, 1),
+        "Right lung": (segs["lungs"].SOPInstanceUID, 2),
+        "Ground glass opacity": (segs["lesions"].SOPInstanceUID, 1),
+        "Consolidation": (segs["lesions"].SOPInstanceUID, 2),
+    }
+    evidence = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                for s in back.CurrentRequestedProcedureEvidenceSequence
+                for i in s.ReferencedSeriesSequence}
+    assert evidence  # the evidence lists the source and the SEGs
     procedure = next(i for i in back.ContentSequence
                      if i.ConceptNameCodeSequence[0].CodeValue == "121058")
     assert procedure.ConceptCodeSequence[0].CodeValue == "169069000"
@@ -231,12 +309,21 @@ def test_sr_contains_the_measurements(series, seg_and_masks, tmp_path) -> None:
     assert unexpected == []
 
 
-def test_sr_amends_its_predecessor(series, seg_and_masks, tmp_path) -> None:
-    seg = seg_and_masks[0]
+def _all_nums(sr):
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        if item.ValueType == "NUM":
+            yield item
+        stack.extend(getattr(item, "ContentSequence", []))
+
+
+def test_sr_amends_its_predecessor(series, tmp_path) -> None:
+    segs = _segs_without_lobes(series)
     m = _measurements(with_lobes=False)
-    first = build_sr(series, seg, m, series_number=902, revision=1, software_version=VERSION)
+    first = build_sr(series, segs, m, series_number=902, revision=1, software_version=VERSION)
     pre = (first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID)
-    amended = build_sr(series, seg, m, series_number=902, revision=2, software_version=VERSION,
+    amended = build_sr(series, segs, m, series_number=902, revision=2, software_version=VERSION,
                        predecessor=pre)
     back, path = _roundtrip(amended, tmp_path, "sr-amended.dcm")
     assert back.SOPInstanceUID != first.SOPInstanceUID
@@ -248,43 +335,43 @@ def test_sr_amends_its_predecessor(series, seg_and_masks, tmp_path) -> None:
     assert sop.ReferencedSOPInstanceUID == pre[2]
     assert sop.ReferencedSOPClassUID == pydicom.uid.Comprehensive3DSRStorage
     assert f"amends report {pre[2]}" in _texts(back)
-    again = build_sr(series, seg, m, series_number=902, revision=2, software_version=VERSION,
+    again = build_sr(series, segs, m, series_number=902, revision=2, software_version=VERSION,
                      predecessor=pre)
     assert again.SOPInstanceUID == amended.SOPInstanceUID  # deterministic
     with pytest.raises(ValueError, match="cannot amend itself"):
-        build_sr(series, seg, m, series_number=902, revision=1, software_version=VERSION,
+        build_sr(series, segs, m, series_number=902, revision=1, software_version=VERSION,
                  predecessor=pre)
     _assert_valid(path)
 
 
-def test_seg_and_sr_with_lobes(series, tmp_path) -> None:
-    masks, ggo, consolidation = _masks(series, with_lobes=True)
-    seg = build_seg(series, masks, ggo, consolidation, series_number=901, revision=1,
-                    software_version=VERSION)
-    labels = [s.SegmentLabel for s in seg.SegmentSequence]
-    assert labels[4:] == ["Left upper lobe", "Left lower lobe", "Right upper lobe",
-                          "Right middle lobe", "Right lower lobe"]
-    lobe_codes = [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence[4:]]
+def test_seg_and_sr_with_lobes(series, segs_and_masks, tmp_path) -> None:
+    segs = segs_and_masks[0]
+    labels = [s.SegmentLabel for s in segs["lobes"].SegmentSequence]
+    assert labels == ["Left upper lobe", "Left lower lobe", "Right upper lobe",
+                      "Right middle lobe", "Right lower lobe"]
+    lobe_codes = [s.SegmentedPropertyTypeCodeSequence[0].CodeValue
+                  for s in segs["lobes"].SegmentSequence]
     assert lobe_codes == ["45653009", "90572001", "45653009", "72481006", "90572001"]
     sides = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0]
              .SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning
-             for s in seg.SegmentSequence
+             for seg in segs.values() for s in seg.SegmentSequence
              if "SegmentedPropertyTypeModifierCodeSequence" in s.SegmentedPropertyTypeCodeSequence[0]}
     assert sides == {"Left lung": "Left", "Right lung": "Right", "Left upper lobe": "Left",
                      "Left lower lobe": "Left", "Right upper lobe": "Right",
                      "Right middle lobe": "Right", "Right lower lobe": "Right"}
     m = _measurements(with_lobes=True)
-    sr = build_sr(series, seg, m, series_number=902, revision=1, software_version=VERSION)
-    back_seg, seg_path = _roundtrip(seg, tmp_path, "seg-lobes.dcm")
+    sr = build_sr(series, segs, m, series_number=902, revision=1, software_version=VERSION)
     back, sr_path = _roundtrip(sr, tmp_path, "sr-lobes.dcm")
     values = _num_items(back)
     assert values[("Whole lung", "CT severity score (0-25)")] == 7
     assert values[("Whole lung", "Number of involved lobes")] == 4
     assert values[("Left lower lobe", "Lobe involvement score (0-5)")] == 2
-    assert values[("Right lower lobe", "Volume")] == pytest.approx(505.0)
+    assert values[("Right lower lobe", "Volume")] == 505
     assert ("Right lower lobe", "Lobe involvement score (0-5)") not in values
     assert "lobe left_lower: boundary confidence low" in _texts(back)
-    assert all("Retired Person Name form" in w for w in _assert_valid(seg_path))
+    refs = _references(back)
+    assert refs["Left upper lobe"] == (segs["lobes"].SOPInstanceUID, 1)
+    assert refs["Right lower lobe"] == (segs["lobes"].SOPInstanceUID, 5)
     unexpected = [w for w in _assert_valid(sr_path) if PRIVATE_SCHEME not in w
                   and "CodingSchemeUID" not in w and "Retired Person Name form" not in w]
     assert unexpected == []

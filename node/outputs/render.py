@@ -16,6 +16,7 @@ right of the image, anterior at the top).
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,23 +167,25 @@ def render_report(m: Measurements, *, title: str, subtitle: str,
         ax.text(0, 0.9, "Lobes: not available (see quality flags); no per-lobe score.",
                 fontsize=9, va="top")
 
-    flags = list(m.quality_flags) or ["none"]
-    fig.text(0.06, 0.515, "Quality flags: " + "; ".join(flags), fontsize=7.5, va="top",
-             wrap=True)
-    fig.text(0.06, 0.49, f"Lesion engine: {m.engine}. GGO {m.ggo_min_hu:g} <= HU < "
+    fig.text(0.06, 0.515, f"Lesion engine: {m.engine}. GGO {m.ggo_min_hu:g} <= HU < "
              f"{m.consolidation_min_hu:g}, consolidation HU >= {m.consolidation_min_hu:g}, "
              "inside the lesion mask.", fontsize=7.5, va="top")
+    flags = list(m.quality_flags) or ["none"]
+    lines = textwrap.wrap("Quality flags: " + "; ".join(flags), 135)
+    if len(lines) > 7:
+        lines = lines[:6] + ["... (all flags are in the SR)"]
+    fig.text(0.06, 0.495, "\n".join(lines), fontsize=7, va="top", linespacing=1.3)
 
     width = 0.88 / max(1, len(slices))
     for i, (caption, image) in enumerate(slices):
-        ax = fig.add_axes((0.06 + i * width, 0.17, width - 0.01, 0.29))
+        ax = fig.add_axes((0.06 + i * width, 0.12, width - 0.01, 0.27))
         ax.imshow(image, interpolation="nearest")
         ax.set_title(caption, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.text(0.01, 0.5, "R", transform=ax.transAxes, color="white", fontsize=8, va="center")
         ax.text(0.97, 0.5, "L", transform=ax.transAxes, color="white", fontsize=8, va="center")
-    legend = fig.add_axes((0.06, 0.12, 0.88, 0.03))
+    legend = fig.add_axes((0.06, 0.07, 0.88, 0.03))
     legend.axis("off")
     for j, (name, colour) in enumerate((("Ground glass opacity", GGO_RGB),
                                         ("Consolidation", CONSOLIDATION_RGB))):
