@@ -125,6 +125,9 @@ class ViewerServer:
                 for key in ("Accept", "Content-Type"):
                     if self.headers.get(key):
                         request.add_header(key, self.headers[key])
+                # Orthanc's DICOMweb plugin builds BulkDataURIs from the Host header: the
+                # browser's origin, so that they come back through this proxy.
+                request.add_header("Host", self.headers.get("Host", ""))
                 try:
                     with opener.open(request, timeout=120) as answer:
                         status, headers, data = answer.status, answer.headers, answer.read()

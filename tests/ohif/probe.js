@@ -5,7 +5,8 @@
 // the overlay series, and keep screenshots. Prints one JSON document on stdout.
 //
 // Usage: node probe.js '<json>' with keys url, chromium, userDataDir, shots, study,
-//        segs: [{series, name}], documents: [{series, name, kind}], timeoutMs.
+//        segs: [{series, number, name}], documents: [{series, number, name, kind}], timeoutMs,
+//        mode (OHIF mode route, default 'segmentation').
 'use strict';
 const puppeteer = require('puppeteer-core');
 
@@ -37,6 +38,20 @@ async function clickButton(page, text, timeoutMs) {
   }, text);
 }
 
+// OHIF 3.13 starts a guided tour on first use; a radiologist clicks "Skip all".
+async function skipTour(page) {
+  for (let i = 0; i < 20; i++) {
+    const skipped = await page.evaluate(() => {
+      const button = [...document.querySelectorAll('button, a, span, div')]
+        .find(b => b.childElementCount === 0 && b.textContent.trim() === 'Skip all');
+      if (button) { button.click(); return true; }
+      return false;
+    });
+    if (skipped) { log('tour skipped'); return; }
+    await new Promise(r => setTimeout(r, 250));
+  }
+}
+
 async function readSeg(page, seriesUid, timeoutMs) {
   // Wait until OHIF has parsed the SEG and built its labelmap.
   await waitFor(page, uid => {
@@ -45,7 +60,16 @@ async function readSeg(page, seriesUid, timeoutMs) {
     if (!ds || !ds.labelMapImages || !ds.labelMapImages.length) return false;
     return !!window.services.segmentationService.getSegmentation(ds.displaySetInstanceUID);
   }, seriesUid, `OHIF's labelmap of SEG ${seriesUid}`, timeoutMs);
-  // Wait for OHIF's own segment statistics (volume) of every segment.
+  // OHIF computes segment statistics (volume among them) with cornerstone's getStatistics
+  // when a segmentation's data changes (its SEGMENTATION_DATA_MODIFIED handler); loading a SEG
+  // does not fire it, so fire it once, as an edit would, and wait for OHIF's volumes.
+  await page.evaluate(uid => {
+    const s = window.services.segmentationService;
+    const ds = window.services.displaySetService.getActiveDisplaySets()
+      .find(d => d.SeriesInstanceUID === uid);
+    s._broadcastEvent(s.EVENTS.SEGMENTATION_DATA_MODIFIED,
+      { segmentationId: ds.displaySetInstanceUID });
+  }, seriesUid);
   let volumesReady = true;
   try {
     await waitFor(page, uid => {
@@ -111,15 +135,20 @@ async function main() {
   const result = { segs: {}, documents: {}, errors: [], console: [] };
   try {
     const page = await browser.newPage();
-    page.on('console', m => { if (m.type() === 'error') result.console.push(m.text()); });
+    page.on('console', m => {
+      if (m.type() === 'error') result.console.push(m.text());
+      if (process.env.PROBE_DEBUG) log('console', m.type(), m.text());
+    });
     page.on('pageerror', e => result.console.push(`pageerror: ${e.message}`));
-    const url = `${args.url}/viewer?StudyInstanceUIDs=${args.study}`;
+    // OHIF's segmentation mode: where a radiologist reviews SEGs and OHIF shows segment statistics.
+    const url = `${args.url}/${args.mode || 'segmentation'}?StudyInstanceUIDs=${args.study}`;
     log('open', url);
     await page.goto(url, { waitUntil: 'domcontentloaded', timeout: timeoutMs });
     await waitFor(page, () => window.services && window.services.displaySetService &&
       window.services.displaySetService.getActiveDisplaySets().length > 0, null,
       'OHIF display sets', timeoutMs);
     await page.waitForSelector('canvas', { timeout: timeoutMs });
+    await skipTour(page);
     await new Promise(r => setTimeout(r, 1500));
     await page.screenshot({ path: `${args.shots}/study.png` });
     result.displaySets = await page.evaluate(() => window.services.displaySetService
@@ -141,6 +170,15 @@ async function main() {
       }
     }
 
+    // The report, the summary and the overlay open in OHIF's basic viewer (the mode for
+    // reading; the segmentation mode does not list the PDF viewer).
+    const viewerUrl = `${args.url}/viewer?StudyInstanceUIDs=${args.study}`;
+    log('open', viewerUrl);
+    await page.goto(viewerUrl, { waitUntil: 'domcontentloaded', timeout: timeoutMs });
+    await waitFor(page, () => window.services && window.services.displaySetService &&
+      window.services.displaySetService.getActiveDisplaySets().length > 0, null,
+      'OHIF display sets (viewer mode)', timeoutMs);
+    await skipTour(page);
     for (const doc of args.documents) {
       try {
         log('document', doc.name);
@@ -187,6 +225,8 @@ async function main() {
   } finally {
     await browser.close();
   }
+  const fs = require('fs');
+  fs.writeFileSync(`${args.shots}/result.json`, JSON.stringify(result, null, 1));
   process.stdout.write(JSON.stringify(result));
 }
 
