@@ -5,7 +5,10 @@
 #   2. the Debian "orthanc" service is stopped and disabled (tests start their own Orthanc
 #      instances on random ports; the system one must not hold 4242/8042);
 #   3. ./.venv with lungnode installed editable with its test extras
-#      (pip install -e '.[test]'; torch is pinned in pyproject.toml).
+#      (pip install -e '.[test]'; torch is pinned in pyproject.toml);
+#   4. the viewer test's tools: Debian chromium and orthanc-dicomweb (step 1), and under
+#      ./.viewer/ (git-ignored, cached) the prebuilt OHIF viewer (npm pack @ohif/app@3.13.2,
+#      unpacked to .viewer/package/dist) and puppeteer-core (npm; needs node and npm).
 # Re-running is cheap: each step checks first and says what it skips.
 #
 # Environment: PYTHON (interpreter for the venv, default python3),
@@ -50,6 +53,9 @@ for tool in storescu storescp echoscu; do
 done
 have Orthanc || missing+=(orthanc)
 have dciodvfy || missing+=(dicom3tools)
+have chromium || missing+=(chromium)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+have npm || missing+=(nodejs npm)
 
 if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 \
@@ -60,7 +66,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
 else
-    say "Debian packages present (dcmtk, orthanc, dicom3tools, $PYTHON with venv): skipping apt-get"
+    say "Debian packages present (dcmtk, orthanc, orthanc-dicomweb, dicom3tools, chromium, npm, $PYTHON with venv): skipping apt-get"
 fi
 
 # --- 2. the Debian orthanc service must not run -----------------------------------------
@@ -123,6 +129,30 @@ else
     say "installing lungnode and its test dependencies into .venv (pip install -e '.[test]')"
     "$VENV/bin/python" -m pip install --no-input -e '.[test]'
     printf '%s\n' "$want_stamp" > "$STAMP"
+fi
+
+# --- 4. the viewer test's OHIF build and puppeteer-core ----------------------------------
+OHIF_VERSION=3.13.2
+PUPPETEER_VERSION=23.11.1   # the last line that runs on Debian 12's node 20 (24+ needs node 22)
+VIEWER="$REPO_ROOT/.viewer"
+mkdir -p "$VIEWER"
+if [ -f "$VIEWER/package/dist/index.html" ] \
+    && grep -q "\"version\": \"$OHIF_VERSION\"" "$VIEWER/package/package.json" 2>/dev/null; then
+    say "OHIF $OHIF_VERSION already unpacked in .viewer/package/dist: skipping npm pack"
+else
+    say "fetching the prebuilt OHIF viewer (npm pack @ohif/app@$OHIF_VERSION)"
+    rm -rf "$VIEWER/package"
+    (cd "$VIEWER" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null \
+        && tar xzf "ohif-app-$OHIF_VERSION.tgz" && rm -f "ohif-app-$OHIF_VERSION.tgz")
+fi
+if [ -f "$VIEWER/node_modules/puppeteer-core/package.json" ] \
+    && grep -q "\"version\": \"$PUPPETEER_VERSION\"" "$VIEWER/node_modules/puppeteer-core/package.json"; then
+    say "puppeteer-core $PUPPETEER_VERSION present in .viewer/node_modules: skipping npm install"
+else
+    say "installing puppeteer-core $PUPPETEER_VERSION into .viewer/ (no browser download: Debian's chromium is used)"
+    [ -f "$VIEWER/package.json" ] || printf '{"name": "lungnode-viewer-test", "private": true}\n' > "$VIEWER/package.json"
+    (cd "$VIEWER" && PUPPETEER_SKIP_DOWNLOAD=1 npm install --no-audit --no-fund --silent \
+        "puppeteer-core@$PUPPETEER_VERSION")
 fi
 
 say "done: run the node with  .venv/bin/lungnode run   (tests: ./scripts/test.sh)"

@@ -126,6 +126,7 @@ def analysed(tmp_path_factory) -> tuple[Path, Path]:
     return ct, out
 
 
+@pytest.mark.timeout(900)
 def test_ohif_shows_every_output_faithfully(analysed, tmp_path: Path) -> None:
     chromium = _chromium()
     _require_installed()

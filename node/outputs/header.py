@@ -9,7 +9,6 @@ the first source image and fails on a missing one).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
@@ -34,7 +33,11 @@ def with_type2(dataset: Dataset) -> Dataset:
     missing = [k for k in TYPE2_PATIENT_STUDY if k not in dataset]
     if not missing:
         return dataset
-    fixed = copy.copy(dataset)
+    fixed = Dataset()  # new element storage: copy.copy and Dataset(ds) share the source's
+    for element in dataset:
+        fixed.add(element)
+    if hasattr(dataset, "file_meta"):
+        fixed.file_meta = dataset.file_meta
     for keyword in missing:
         setattr(fixed, keyword, None)
     return fixed
