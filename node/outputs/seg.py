@@ -115,8 +115,8 @@ def _labels(group: SegGroup, arrays: tuple[np.ndarray, ...]) -> np.ndarray:
 
 
 def _build_group(series: LoadedSeries, group: SegGroup, labels: np.ndarray, engine: str,
-                 series_numbers: dict[str, int], revision: int,
-                 software_version: str) -> Dataset:
+                 series_numbers: dict[str, int], revision: int, software_version: str,
+                 omit_empty_frames: bool = False) -> Dataset:
     if group.name not in series_numbers:
         raise ValueError(f"no series number for the {group.name} SEG")
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -142,7 +142,7 @@ def _build_group(series: LoadedSeries, group: SegGroup, labels: np.ndarray, engi
         device_serial_number=DEVICE_SERIAL_NUMBER,
         content_description=group.description[:64],
         content_label=CONTENT_LABEL,
-        omit_empty_frames=False,
+        omit_empty_frames=omit_empty_frames,
     )
     seg.SeriesDescription = group.description
     logger.info("series %s: %s SEG %s with %d segments, %d frames", series.series_instance_uid,
