@@ -44,6 +44,9 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
+#: The segment whose centre the screenshot of each SEG shows.
+JUMP_TO = {"seg.dcm": "Ground glass opacity", "seg_lungs.dcm": "Left lung",
+           "seg_lobes.dcm": "Right middle lobe"}
 #: Segment number -> measurements.json value, per SEG file.
 VOLUME_KEYS = {
     "seg.dcm": {1: ("ggo_volume_ml",), 2: ("consolidation_volume_ml",)},
@@ -158,10 +161,12 @@ def test_ohif_shows_every_output_faithfully(analysed, tmp_path: Path) -> None:
                 "userDataDir": str(tmp_path / "chromium-profile"), "shots": str(shots),
                 "timeoutMs": 90000, "mode": "segmentation",
                 "segs": [{"name": f.stem, "series": str(headers[f].SeriesInstanceUID),
-                          "number": int(headers[f].SeriesNumber)} for f in seg_files],
+                          "number": int(headers[f].SeriesNumber), "jumpTo": JUMP_TO[f.name]}
+                         for f in seg_files],
                 "documents": [{"name": name, "kind": "pdf" if name == "report" else "image",
                                "series": str(headers[f].SeriesInstanceUID),
-                               "number": int(headers[f].SeriesNumber)}
+                               "number": int(headers[f].SeriesNumber),
+                               "scroll": 40 if name == "overlay" else 0}
                               for name, f in documents.items()],
             }
             env = dict(os.environ, NODE_PATH=str(VIEWER_DIR / "node_modules"))

@@ -5,7 +5,7 @@
 // the overlay series, and keep screenshots. Prints one JSON document on stdout.
 //
 // Usage: node probe.js '<json>' with keys url, chromium, userDataDir, shots, study,
-//        segs: [{series, number, name}], documents: [{series, number, name, kind}], timeoutMs,
+//        segs: [{series, number, name, jumpTo (a segment label)}], documents: [{series, number, name, kind}], timeoutMs,
 //        mode (OHIF mode route, default 'segmentation').
 'use strict';
 const puppeteer = require('puppeteer-core');
@@ -162,7 +162,15 @@ async function main() {
         await page.click(selector, { count: 2 });
         await clickButton(page, 'Yes', timeoutMs);
         result.segs[seg.name] = await readSeg(page, seg.series, timeoutMs);
-        await new Promise(r => setTimeout(r, 1000));
+        if (seg.jumpTo) {
+          // a click on a segment in OHIF's segmentation panel jumps to that segment's centre
+          await page.evaluate(label => {
+            const row = [...document.querySelectorAll('span, div')]
+              .find(e => e.childElementCount === 0 && e.textContent.trim() === label);
+            if (row) row.click();
+          }, seg.jumpTo);
+        }
+        await new Promise(r => setTimeout(r, 1500));
         await page.screenshot({ path: `${args.shots}/seg_${seg.name}.png` });
       } catch (err) {
         result.errors.push(`SEG ${seg.name}: ${err.message}`);
@@ -208,6 +216,16 @@ async function main() {
           });
         } else {
           await new Promise(r => setTimeout(r, 2500));
+          if (doc.scroll) {
+            // scroll the way a reader does (mouse wheel over the viewport) to a lung slice
+            const box = await (await page.$('canvas')).boundingBox();
+            await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+            for (let i = 0; i < doc.scroll; i++) {
+              await page.mouse.wheel({ deltaY: 100 });
+              await new Promise(r => setTimeout(r, 30));
+            }
+            await new Promise(r => setTimeout(r, 1500));
+          }
           info.viewportImage = await page.evaluate(uid => {
             const ds = window.services.displaySetService.getActiveDisplaySets()
               .find(d => d.SeriesInstanceUID === uid);
