@@ -34,9 +34,24 @@ def _run(cmd, cwd, timeout=900, env=None):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     work = tmp_path_factory.mktemp("wheel")
+    # build from a clean copy of the source tree: a stale build/ in the checkout would leak
+    # files that are no longer in the project into the wheel
+    # (only what git tracks or would track: no venv, build output, caches or downloads)
+    source = work / "source"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO_ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        src, dst = REPO_ROOT / name, source / name
+        if not src.exists() and not src.is_symlink():
+            continue  # deleted in the work tree
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            dst.symlink_to(os.readlink(src))
+        else:
+            shutil.copy2(src, dst)
     dist = work / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "-w", str(dist), str(REPO_ROOT)], cwd=work)
+          "-w", str(dist), str(source)], cwd=work)
     wheels = sorted(dist.glob("lungnode-*.whl"))
     assert len(wheels) == 1, wheels
     venv = work / "venv"
