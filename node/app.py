@@ -74,7 +74,9 @@ class Node:
     def reconcile(self) -> None:
         removed = self.spool.remove_temp_files()
         adopted = self._adopt_orphans()
-        requeued = self.store.requeue_running_jobs()
+        requeued, crashed = self.store.requeue_running_jobs()
+        for job in crashed:
+            LOG.error("job %s series %s: failed: %s", job.id, job.series_uid, job.reason)
         rearmed = self.tracker.rearm_open_series()
         if self.settings.destinations:
             self.sender.kick()
