@@ -34,6 +34,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_file(value: Path | None) -> Path | None:
+    if value is not None and not Path(value).is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+class ReceiverTlsSettings(_Strict):
+    """DICOM TLS on the receiver (``network.tls``); PEM files."""
+
+    certificate: Path
+    key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+    _files = field_validator("certificate", "key", "ca_certificates")(
+        classmethod(lambda cls, v: _check_file(v)))
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> "ReceiverTlsSettings":
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates (the CA that "
+                             "signs the clients' certificates)")
+        return self
+
+
+class DestinationTlsSettings(_Strict):
+    """DICOM TLS to one destination (``destinations[].tls``); PEM files."""
+
+    ca_certificates: Path
+    certificate: Path | None = None
+    key: Path | None = None
+    server_hostname: str | None = None
+
+    _files = field_validator("certificate", "key", "ca_certificates")(
+        classmethod(lambda cls, v: _check_file(v)))
+
+    @model_validator(mode="after")
+    def _pair(self) -> "DestinationTlsSettings":
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("certificate and key go together (the node's client certificate)")
+        return self
+
+
 class NetworkSettings(_Strict):
     ae_title: str = "LUNGNODE"
     bind_address: str = "127.0.0.1"
@@ -44,6 +87,8 @@ class NetworkSettings(_Strict):
     dimse_timeout_s: float = Field(60, gt=0)
     network_timeout_s: float = Field(120, gt=0)
     max_pdu_bytes: int = Field(131072, ge=0)
+    pdu_timeout_s: float = Field(30, gt=0)
+    tls: ReceiverTlsSettings | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -56,6 +101,7 @@ class NetworkSettings(_Strict):
 class StorageSettings(_Strict):
     root: Path = Path("./var")
     min_free_mb: int = Field(512, ge=0)
+    max_instance_mb: int = Field(2048, ge=1)
     retention_days: float = Field(30, gt=0)
 
 
@@ -99,6 +145,7 @@ class Destination(_Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: DestinationTlsSettings | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 

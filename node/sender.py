@@ -28,6 +28,7 @@ import pydicom
 from apscheduler.schedulers.base import BaseScheduler
 from pynetdicom import AE, evt
 
+from node import tls
 from node.ae import configured_ae
 from node.config import Destination, Settings
 from node.store import StateStore
@@ -71,7 +72,7 @@ def _scu_ae(settings: Settings) -> AE:
 def _associate(ae: AE, destination: Destination):
     return ae.associate(
         destination.host, destination.port, ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)], tls_args=tls.client_args(destination),
     )
 
 
