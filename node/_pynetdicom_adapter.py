@@ -9,9 +9,15 @@ either, so this module replaces the name ``NamedTemporaryFile`` in
 ``pynetdicom.dimse_messages`` with a factory that asks the listening port's registered
 opener (``register``) for the file.
 
+Second hook, ``end_acceptor_wait``: an acceptor's association thread waits up to the ACSE
+timeout on ``dul.to_user_queue`` for the A-ASSOCIATE-RQ, even when the connection has
+already been closed (by node.pdu_guard: a half-sent request timed out); it keeps its
+``maximum_associations`` slot meanwhile. Putting ``None`` in that queue (what the wait
+returns on a timeout) ends the thread at once.
+
 Pinned: ``install()`` refuses any pynetdicom other than ``PYNETDICOM_VERSION`` and
 tests/test_pynetdicom_adapter.py checks the version and the source hash of the one hooked
-function (``HOOKED_SOURCE_SHA256``), so an upgrade fails a test instead of silently writing
+functions (``HOOKED_SOURCES``), so an upgrade fails a test instead of silently writing
 received data elsewhere. Everything else the receiver does with pynetdicom is public API
 (``AE.make_server``, events, ``socketserver`` methods).
 """
@@ -19,6 +25,7 @@ received data elsewhere. Everything else the receiver does with pynetdicom is pu
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import tempfile
 import threading
@@ -28,10 +35,19 @@ import pynetdicom
 from pynetdicom import _config, dimse_messages
 
 PYNETDICOM_VERSION = "3.0.4"
-#: sha256 of ``inspect.getsource(DIMSEMessage.decode_msg)``, the only caller of the name
-#: replaced (it calls ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``, then
-#: ``.name``, ``.write()`` and ``.file.flush()``; the handler closes it).
-HOOKED_SOURCE_SHA256 = "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284"
+#: sha256 of ``inspect.getsource`` of the functions whose behaviour the hooks rely on:
+#: ``DIMSEMessage.decode_msg`` calls ``NamedTemporaryFile(delete=False, mode="wb",
+#: suffix=".dcm")``, then ``.name``, ``.write()`` and ``.file.flush()`` (the C-STORE SCP
+#: closes it); ``Association.run_reactor`` (acceptor) waits on ``dul.receive_pdu(wait=True,
+#: timeout=acse_timeout)`` and ends on None; ``receive_pdu`` reads ``to_user_queue``.
+HOOKED_SOURCES = {
+    "pynetdicom.dimse_messages:DIMSEMessage.decode_msg":
+        "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284",
+    "pynetdicom.association:Association.run_reactor":
+        "ed8bbbe3b3d6ddaee3e8673ba25b2ab2a4c45f25bc1d8ae7b48ebafd09499e6d",
+    "pynetdicom.dul:DULServiceProvider.receive_pdu":
+        "fa67339834ca998cb31eb1806a854864200464b0a9991333d387aa419478c4e6",
+}
 
 Opener = Callable[[str], object]  # suffix -> a writable file object with .name
 
@@ -40,9 +56,18 @@ _lock = threading.Lock()
 _installed = False
 
 
-def hooked_source_sha256() -> str:
-    source = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+def source_sha256(name: str) -> str:
+    """sha256 of the source of ``"package.module:Class.function"``."""
+    module_name, _, qualname = name.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return hashlib.sha256(inspect.getsource(obj).encode("utf-8")).hexdigest()
+
+
+def end_acceptor_wait(assoc) -> None:
+    """End an acceptor's wait for an A-ASSOCIATE-RQ that can no longer come (module doc)."""
+    assoc.dul.to_user_queue.put(None)
 
 
 def register(port: int, opener: Opener) -> None:

@@ -87,7 +87,7 @@ class NetworkSettings(_Strict):
     dimse_timeout_s: float = Field(60, gt=0)
     network_timeout_s: float = Field(120, gt=0)
     max_pdu_bytes: int = Field(131072, ge=0)
-    pdu_timeout_s: float = Field(30, gt=0)
+    pdu_timeout_s: float = Field(10, gt=0)
     tls: ReceiverTlsSettings | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))

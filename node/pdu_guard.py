@@ -14,8 +14,14 @@ against the limit for its type *before* any byte of the body is read:
 
 A PDU over its limit gets an A-ABORT (source: service provider, reason: invalid PDU
 parameter value) and the connection is closed (``ConnectionAbortedError``, which pynetdicom
-treats as a closed transport). Stalled reads time out through the socket timeout the
-receiver sets on accept (``network.pdu_timeout_s``).
+treats as a closed transport).
+
+Time: once the first byte of a PDU has arrived, the whole PDU must arrive within
+``pdu_timeout_s`` (``network.pdu_timeout_s``); otherwise the read raises ``TimeoutError`` and
+the connection is closed. A half-sent request (or a peer dribbling one byte at a time) holds
+an association slot for at most that long. Between PDUs pynetdicom's own timers apply
+(ARTIM = ``network.acse_timeout_s`` before the association, the idle timer =
+``network.network_timeout_s`` after).
 
 Only the ``socket`` interface is used; nothing of pynetdicom's internals. The proxy reports
 the wrapped socket's class (``__class__``) so that pynetdicom's ``isinstance(sock,
@@ -27,6 +33,7 @@ from __future__ import annotations
 import logging
 import ssl
 import struct
+import time
 
 LOG = logging.getLogger(__name__)
 
@@ -56,8 +63,10 @@ def pdu_limit(pdu_type: int, max_pdu_bytes: int) -> int:
 class GuardedConnection:
     """A socket proxy that checks each PDU's length before its body is read (module doc)."""
 
-    def __init__(self, sock, peer: tuple, max_pdu_bytes: int) -> None:
+    def __init__(self, sock, peer: tuple, max_pdu_bytes: int, pdu_timeout_s: float) -> None:
         self._sock = sock
+        self._pdu_timeout_s = pdu_timeout_s
+        self._deadline: float | None = None  # the current PDU must be complete by then
         self._peer = peer
         self._max_pdu_bytes = max_pdu_bytes
         self._header = bytearray()
@@ -72,14 +81,25 @@ class GuardedConnection:
         return getattr(self._sock, name)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self._deadline is None:  # the first byte of a PDU (or of the TLS handshake)
+            self._deadline = time.monotonic() + self._pdu_timeout_s
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            self._timed_out()
+        self._sock.settimeout(left)
         if self._handshake_pending:
             self._handshake()
-        if self._remaining:
-            data = self._sock.recv(min(bufsize, self._remaining), flags)
-            self._remaining -= len(data)
-            return data
-        # at a PDU boundary: the next bytes are (part of) a header
-        data = self._sock.recv(min(bufsize, PDU_HEADER_BYTES - len(self._header)), flags)
+        try:
+            if self._remaining:
+                data = self._sock.recv(min(bufsize, self._remaining), flags)
+                self._remaining -= len(data)
+                if not self._remaining:
+                    self._deadline = None
+                return data
+            # at a PDU boundary: the next bytes are (part of) a header
+            data = self._sock.recv(min(bufsize, PDU_HEADER_BYTES - len(self._header)), flags)
+        except TimeoutError:
+            self._timed_out()
         self._header += data
         if len(self._header) == PDU_HEADER_BYTES:
             pdu_type, _, length = struct.unpack(">BBL", self._header)
@@ -89,6 +109,8 @@ class GuardedConnection:
                 self._abort(f"PDU type 0x{pdu_type:02X} claims {length} bytes, "
                             f"more than the {limit} accepted")
             self._remaining = length
+            if not length:
+                self._deadline = None
         return data
 
     def recv_into(self, *args, **kwargs):  # pynetdicom reads with recv(); keep one path
@@ -96,6 +118,12 @@ class GuardedConnection:
 
     def makefile(self, *args, **kwargs):
         raise NotImplementedError("GuardedConnection reads with recv() only")
+
+    def _timed_out(self) -> None:
+        LOG.warning("closing the connection from %s:%s: a PDU did not arrive in full within "
+                    "network.pdu_timeout_s (%g s)", self._peer[0], self._peer[1],
+                    self._pdu_timeout_s)
+        raise TimeoutError(f"PDU not complete within {self._pdu_timeout_s:g} s")
 
     def _handshake(self) -> None:
         """The TLS handshake, on the association's thread (not the accept loop), bounded by

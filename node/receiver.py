@@ -476,13 +476,20 @@ class _Server(ThreadedAssociationServer):
         except OSError:
             sock.close()
             raise
-        return GuardedConnection(sock, address, self.max_pdu_bytes), address
+        return GuardedConnection(sock, address, self.max_pdu_bytes, self.pdu_timeout_s), address
 
     def shutdown(self) -> None:
         """Stop serving and close the listening socket (``socketserver``'s shutdown: this
         server was made with ``AE.make_server``, not registered with the AE)."""
         socketserver.BaseServer.shutdown(self)
         self.server_close()
+
+
+def _closed_before_request(event) -> None:
+    """The connection closed (Evt17) while waiting for the A-ASSOCIATE-RQ (Sta2): free the
+    association slot now rather than after the ACSE timeout (node._pynetdicom_adapter)."""
+    if event.fsm_event == "Evt17" and event.current_state == "Sta2":
+        _pynetdicom_adapter.end_acceptor_wait(event.assoc)
 
 
 class Receiver:
@@ -514,6 +521,7 @@ class Receiver:
             (evt.EVT_C_STORE, handle_store, [self.ctx]),
             (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
             (evt.EVT_CONN_CLOSE, self.ctx.assoc_log.on_close),
+            (evt.EVT_FSM_TRANSITION, _closed_before_request),
         ]
         net = self.settings.network
         ssl_context = tls.server_context(net.tls) if net.tls is not None else None
