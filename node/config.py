@@ -34,12 +34,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_file(value: Path | None) -> Path | None:
-    if value is not None and not Path(value).is_file():
-        raise ValueError(f"file not found: {value}")
-    return value
-
-
 class ReceiverTlsSettings(_Strict):
     """DICOM TLS on the receiver (``network.tls``); PEM files."""
 
@@ -47,9 +41,6 @@ class ReceiverTlsSettings(_Strict):
     key: Path
     ca_certificates: Path | None = None
     require_client_certificate: bool = False
-
-    _files = field_validator("certificate", "key", "ca_certificates")(
-        classmethod(lambda cls, v: _check_file(v)))
 
     @model_validator(mode="after")
     def _ca_for_clients(self) -> "ReceiverTlsSettings":
@@ -66,9 +57,6 @@ class DestinationTlsSettings(_Strict):
     certificate: Path | None = None
     key: Path | None = None
     server_hostname: str | None = None
-
-    _files = field_validator("certificate", "key", "ca_certificates")(
-        classmethod(lambda cls, v: _check_file(v)))
 
     @model_validator(mode="after")
     def _pair(self) -> "DestinationTlsSettings":
@@ -241,7 +229,39 @@ def load_settings(path: Path | None = None, overrides: dict | None = None) -> Se
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"root": root})}
         )
-    return settings
+    return _resolve_tls_files(settings, Path.cwd() if embedded else config_path.resolve().parent,
+                              str(config_path))
+
+
+_TLS_FILE_KEYS = ("certificate", "key", "ca_certificates")
+
+
+def _resolve_tls_files(settings: Settings, base: Path, source: str) -> Settings:
+    """Relative TLS file paths resolve against ``base`` (the config file's folder); every
+    one must be a readable file (the error names the key)."""
+
+    def resolved(tls, key_prefix: str):
+        update = {}
+        for name in _TLS_FILE_KEYS:
+            value = getattr(tls, name)
+            if value is None:
+                continue
+            path = Path(value) if Path(value).is_absolute() else (base / value).resolve()
+            if not path.is_file():
+                raise ConfigError(f"invalid configuration in {source}:\n"
+                                  f"  {key_prefix}.{name}: file not found: {path}")
+            update[name] = path
+        return tls.model_copy(update=update)
+
+    network = settings.network
+    if network.tls is not None:
+        network = network.model_copy(update={"tls": resolved(network.tls, "network.tls")})
+    destinations = tuple(
+        d.model_copy(update={"tls": resolved(d.tls, f"destinations.{i}.tls")})
+        if d.tls is not None else d
+        for i, d in enumerate(settings.destinations)
+    )
+    return settings.model_copy(update={"network": network, "destinations": destinations})
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
