@@ -486,9 +486,11 @@ class _Server(ThreadedAssociationServer):
 
 
 def _closed_before_request(event) -> None:
-    """The connection closed (Evt17) while waiting for the A-ASSOCIATE-RQ (Sta2): free the
-    association slot now rather than after the ACSE timeout (node._pynetdicom_adapter)."""
-    if event.fsm_event == "Evt17" and event.current_state == "Sta2":
+    """The connection is gone (state machine back to Sta1: closed by the peer, by the PDU
+    guard, or after an A-ABORT for an invalid PDU) before any A-ASSOCIATE-RQ was read: free
+    the association slot now rather than after the ACSE timeout (node._pynetdicom_adapter).
+    """
+    if event.next_state == "Sta1" and event.assoc.requestor.primitive is None:
         _pynetdicom_adapter.end_acceptor_wait(event.assoc)
 
 
