@@ -4,11 +4,14 @@ overlay captures and measurements.json out.
 Used by the node's worker and by ``lungnode analyze``. Stages:
 node.volume (decode, check geometry) -> segmentation (lungs, lesions) -> quant (measurements)
 -> node.outputs (DICOM-SEG, TID 1500 SR). Bad input raises node.volume.VolumeError (no retry,
-nothing partial is written); anything else is a bug and propagates.
+nothing partial is written); an output that cannot be encoded or written raises
+node.worker.OutputError with the reason (the job fails, no retry); anything else is a bug and
+propagates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -24,6 +27,7 @@ from node.outputs.seg import SEG_TRANSFER_SYNTAX, build_segs
 from node.outputs.sr import build_sr
 from node.spool import write_atomically
 from node.volume import load_series
+from node.worker import OutputError
 from quant.hu_split import split_lesion
 from quant.measure import measure
 from quant.measurements import Measurements
@@ -107,36 +111,40 @@ def analyze_series(
     sr_uids: tuple[str, str, str] | None = None
     say("encoding DICOM-SEG and SR")
     o = settings.outputs
-    segs = build_segs(
-        series,
-        masks,
-        ggo,
-        consolidation,
-        series_numbers={"lesions": o.seg_series_number, "lungs": o.seg_lungs_series_number,
-                        "lobes": o.seg_lobes_series_number},
-        revision=revision,
-        software_version=__version__,
-    )
-    if o.seg:
-        for name, seg in segs.items():
-            output_files.append(_write_dataset(out_dir / SEG_FILENAMES[name], seg,
-                                               transfer_syntax=SEG_TRANSFER_SYNTAX))
-    if o.sr:
-        sr = build_sr(
+    with _output_step("DICOM-SEG"):
+        segs = build_segs(
             series,
-            segs,
-            measurements,
-            series_number=o.sr_series_number,
+            masks,
+            ggo,
+            consolidation,
+            series_numbers={"lesions": o.seg_series_number, "lungs": o.seg_lungs_series_number,
+                            "lobes": o.seg_lobes_series_number},
             revision=revision,
             software_version=__version__,
-            predecessor=predecessor_sr,
         )
-        output_files.append(_write_dataset(out_dir / SR_FILENAME, sr))
+    if o.seg:
+        with _output_step("DICOM-SEG"):
+            for name, seg in segs.items():
+                output_files.append(_write_dataset(out_dir / SEG_FILENAMES[name], seg,
+                                                   transfer_syntax=SEG_TRANSFER_SYNTAX))
+    if o.sr:
+        with _output_step("SR"):
+            sr = build_sr(
+                series,
+                segs,
+                measurements,
+                series_number=o.sr_series_number,
+                revision=revision,
+                software_version=__version__,
+                predecessor=predecessor_sr,
+            )
+            output_files.append(_write_dataset(out_dir / SR_FILENAME, sr))
         sr_uids = (sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.SOPInstanceUID)
     if o.pdf or o.summary or o.overlay:
         say("rendering the report and the overlay")
-        output_files += _write_pictures(series, masks, ggo, consolidation, measurements, out_dir,
-                                        settings, revision)
+        with _output_step("PDF report, summary and overlay"):
+            output_files += _write_pictures(series, masks, ggo, consolidation, measurements,
+                                            out_dir, settings, revision)
     del ggo, consolidation
     lap("encode_s")
 
@@ -196,7 +204,7 @@ def _write_pictures(series, masks, ggo, consolidation, measurements, out_dir: Pa
             measurements,
             title="Lung CT quantification (lungnode)",
             subtitle=_subtitle(series),
-            slices=[(f"slice {k + 1} of {n}", slice_rgb(k)) for k in keys],
+            slices=[(_slice_caption(series, k, n), slice_rgb(k)) for k in keys],
         )
         if o.pdf:
             write_atomically(out_dir / PDF_DOCUMENT_FILENAME, page.pdf)
@@ -216,6 +224,16 @@ def _write_pictures(series, masks, ggo, consolidation, measurements, out_dir: Pa
     return written
 
 
+def _slice_caption(series, z: int, n: int) -> str:
+    """A key slice by the source image a reader finds it as (its Instance Number)."""
+    sources = documents.source_slice_of_canonical(series)
+    if sources is not None:
+        number = series.source_datasets[sources[z]].get("InstanceNumber", None)
+        if number not in (None, ""):
+            return f"image {int(number)} of {n}"
+    return f"axial slice {z + 1} of {n} (feet to head)"
+
+
 def _subtitle(series) -> str:
     """Study date and series description only: no patient name or ID on the page header
     (the DICOM header carries them; the page may be printed or forwarded)."""
@@ -227,6 +245,17 @@ def _subtitle(series) -> str:
     extra = f", {float(thickness):g} mm slices" if thickness not in (None, "") else ""
     return (f"Study of {when}; series \"{description}\" ({len(series.source_datasets)} slices"
             f"{extra}); series number {first.get('SeriesNumber', '-')}")
+
+
+@contextlib.contextmanager
+def _output_step(what: str):
+    """Encoding or writing ``what`` failed: an OutputError naming it and the cause."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"cannot encode or write the {what}: {exc}") from exc
 
 
 def _write_dataset(path: Path, dataset, transfer_syntax=None) -> Path:

@@ -3,7 +3,9 @@
 * ``build_pdf``: Encapsulated PDF Storage (Modality DOC) holding the one-page report;
 * ``build_summary``: the same page as one RGB Secondary Capture image;
 * ``build_overlay``: an RGB Secondary Capture series, one image per axial slice of the source
-  (same order and pixel grid), GGO and consolidation coloured and the lobe borders drawn,
+  on the canonical grid (feet to head, patient's left on the image right, anterior up, the
+  way radiologists read axial slices, whatever the source orientation), each referencing the
+  source slice it shows, GGO and consolidation coloured and the lobe borders drawn,
   for PACS and viewers that do not show DICOM-SEG.
 
 Secondary captures are written JPEG-LS Lossless (no colour loss on lesion edges or text;
@@ -102,7 +104,8 @@ def _reference(source: Dataset) -> Dataset:
 
 def _sc(series: LoadedSeries, rgb: np.ndarray, *, kind: str, instance: int, series_number: int,
         revision: int, software_version: str, description: str,
-        pixel_spacing: tuple[float, float] | None, orientation: tuple[str, str] | None) -> Dataset:
+        pixel_spacing: tuple[float, float] | None, orientation: tuple[str, str] | None,
+        source_index: int | None = 0) -> Dataset:
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"an RGB uint8 image is needed, got {rgb.dtype} {rgb.shape}")
     series_uid, sop_uid = output_uids(series, revision, software_version, kind, instance)
@@ -127,8 +130,8 @@ def _sc(series: LoadedSeries, rgb: np.ndarray, *, kind: str, instance: int, seri
     sc.SoftwareVersions = software_version
     sc.BurnedInAnnotation = "YES"
     sc.Laterality = None  # Type 2C in General Series: a chest CT is not of one side
-    source_index = instance - 1 if kind == "OVERLAY" else 0
-    sc.SourceImageSequence = [_reference(series.source_datasets[source_index])]
+    if source_index is not None:
+        sc.SourceImageSequence = [_reference(series.source_datasets[source_index])]
     return sc
 
 
@@ -142,17 +145,34 @@ def build_summary(series: LoadedSeries, rgb: np.ndarray, *, series_number: int, 
     return sc
 
 
+def source_slice_of_canonical(series: LoadedSeries) -> list[int] | None:
+    """For each canonical axial slice z, the source slice k it is (the stack may run either
+    way along the patient axis); None when the source slices are not axial (a sagittal or
+    coronal stack): an axial overlay slice then has no one source image."""
+    nz = series.volume.hu.shape[0]
+    index = np.broadcast_to(np.arange(nz, dtype=np.int32)[:, None, None], series.volume.hu.shape)
+    on_source = series.to_source(index)
+    per_slice = on_source.reshape(on_source.shape[0], -1)
+    if not np.all(per_slice == per_slice[:, :1]):
+        return None
+    out = [0] * nz
+    for k, z in enumerate(per_slice[:, 0]):
+        out[int(z)] = k
+    return out
+
+
 def build_overlay(series: LoadedSeries, images: Iterable[np.ndarray], *, series_number: int,
                   revision: int, software_version: str) -> Iterable[Dataset]:
     """One RGB Secondary Capture per source slice, in slice order (a generator: one image in
     memory at a time). ``images[k]`` is slice k of the LoadedSeries."""
     spacing = series.volume.spacing_mm  # (z, y, x); PixelSpacing is (between rows, columns)
     pixel_spacing = (float(spacing[1]), float(spacing[2]))
+    sources = source_slice_of_canonical(series)
     for k, rgb in enumerate(images):
         sc = _sc(series, rgb, kind="OVERLAY", instance=k + 1, series_number=series_number,
                  revision=revision, software_version=software_version,
                  description=OVERLAY_SERIES_DESCRIPTION, pixel_spacing=pixel_spacing,
-                 orientation=("L", "P"))
+                 orientation=("L", "P"), source_index=sources[k] if sources else None)
         sc.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         sc.ImageComments = f"source slice {k + 1} of {len(series.source_datasets)}"
         yield sc

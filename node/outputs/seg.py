@@ -7,9 +7,11 @@ voxel; one SEG with overlapping lungs, lesions and lobes made OHIF split it into
 drop voxels.
 
 Each SEG is aligned pixel for pixel with the source series and keeps every frame of the
-source grid (``omit_empty_frames=False``): frame k of segment s is slice k of the
-LoadedSeries, its Derivation Image / Source Image references that slice's SOP Instance UID,
-its Plane Position is that slice's Image Position (Patient). Viewers that map frames by
+source grid (``omit_empty_frames=False``): the masks (on the canonical LPS grid of
+node.volume) are mapped back to the source stack with ``LoadedSeries.to_source``, so frame k
+of segment s is source slice k in that slice's own pixel layout, its Derivation Image /
+Source Image references that slice's SOP Instance UID, its Plane Position is that slice's
+Image Position (Patient), whatever the series' orientation. Viewers that map frames by
 position then need no gap logic (OHIF showed shifts with omitted empty frames elsewhere).
 The frames are bit-packed and the file is written Deflated Explicit VR Little Endian
 (``SEG_TRANSFER_SYNTAX``): a 133-slice 512x512 lesion SEG is about 8.7 MB uncompressed and
@@ -127,6 +129,8 @@ def _build_group(series: LoadedSeries, group: SegGroup, labels: np.ndarray, engi
     )
     descriptions = [_description(series, spec, algorithm) for spec in group.segments]
     series_uid, sop_uid = seg_uids(series, revision, software_version, group.name)
+    # the label map is on the canonical grid; the SEG's frames are the source stack's slices
+    labels = np.ascontiguousarray(series.to_source(labels))
     seg = hd.seg.Segmentation(
         source_images=patient_study_reference(series.source_datasets),
         pixel_array=labels,
