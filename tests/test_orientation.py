@@ -101,7 +101,8 @@ def analysed(cip_variants, tmp_path_factory) -> dict[str, tuple[dict, Path, list
                  "feet_first_prone", "transposed", "sagittal", "coronal"):
         files = cip_variants[name]
         result = analyze_series(files, tmp_path_factory.mktemp(f"out-{name}"), settings)
-        out[name] = (json.loads(result.measurements_json.read_text()), result.output_files[0], files)
+        segs = {f.name: f for f in result.output_files if f.name.startswith("seg")}
+        out[name] = (json.loads(result.measurements_json.read_text()), segs, files)
     return out
 
 
@@ -144,20 +145,22 @@ def test_same_lungs_lobes_and_seg_voxels_in_another_orientation(analysed, name) 
         return {n: physical_points(pixels[..., i], headers, origin, spacing)
                 for i, n in enumerate(numbers)}
 
-    ref_points, var_points = points(ref_seg, ref_files), points(seg_path, files)
-    assert set(var_points) == set(ref_points)
-    for number, expected in ref_points.items():
-        got = var_points[number]
-        assert len(got ^ expected) <= 0.01 * max(1, len(expected)), number
-    if DCIODVFY is not None:
-        assert dciodvfy_errors(seg_path) == []
+    assert set(seg_path) == set(ref_seg) >= {"seg.dcm", "seg_lungs.dcm", "seg_lobes.dcm"}
+    for seg_name in ref_seg:  # the lesions, lungs and lobes SEGs
+        ref_points, var_points = points(ref_seg[seg_name], ref_files), points(seg_path[seg_name], files)
+        assert set(var_points) == set(ref_points)
+        for number, expected in ref_points.items():
+            got = var_points[number]
+            assert len(got ^ expected) <= 0.01 * max(1, len(expected)), (seg_name, number)
+        if DCIODVFY is not None:
+            assert dciodvfy_errors(seg_path[seg_name]) == []
 
 
 def test_left_lung_is_on_the_patients_left_in_every_storage(analysed) -> None:
     # Left lung voxels have larger LPS x (toward the patient's left) than right lung voxels,
     # measured in patient coordinates from the SEG of a mirrored storage.
-    doc, seg_path, files = analysed["feet_first_supine_mirrored"]
-    seg = hd.seg.segread(seg_path)
+    doc, segs, files = analysed["feet_first_supine_mirrored"]
+    seg = hd.seg.segread(segs["seg_lungs.dcm"])
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     pixels = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[ds.SOPInstanceUID for ds in headers], segment_numbers=[1, 2],
