@@ -5,8 +5,8 @@ Content tree (PS3.16 TID 1500, built with highdicom templates):
 * Observation context: a device observer (lungnode, manufacturer "lungnode project").
 * Procedure reported: SCT 169069000 "CT of chest".
 * Imaging Measurements, one group per SEG segment (TID 1411 Volumetric ROI Measurements,
-  each referencing its segment via Referenced Segment and carrying the segment's tracking
-  identifier):
+  each referencing its segment in the SEG of its group (lesions, lungs or lobes: the
+  ``segs`` mapping) via Referenced Segment and carrying the segment's tracking identifier):
     - left / right lung: Volume, lesion / GGO / consolidation volume (ml), lesion percent;
     - ground-glass opacity, consolidation: Volume (ml), percent of lung volume (%);
     - lobes (only when the SEG has lobe segments and Measurements.lobes is given): Volume,
@@ -26,6 +26,10 @@ Content tree (PS3.16 TID 1500, built with highdicom templates):
   any highdicom-based consumer, including Comprehensive3DSR itself, would fail on it.
 * Qualitative Evaluations (UMLS C0034375) container at the root: TEXT items "Quality
   remark" for every quality flag, lobe confidence and the lesion engine.
+
+Every NUM value is rounded as a radiologist reads it (node.outputs.rounding). New groups
+(e.g. a comparison with a prior study) are added as further entries of the imaging
+measurements list built in ``build_sr``.
 
 When ``predecessor`` is given, the document amends it: Predecessor Documents Sequence
 references it and the Series Description says "amended".
