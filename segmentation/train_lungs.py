@@ -1,5 +1,6 @@
 """Train LungNet (left/right lungs): ``python -m segmentation.train_lungs [--steps N] [--out DIR]
-[--seed S] [--device auto|cpu|cuda] [--data-root DIR] [--max-minutes M]``.
+[--seed S] [--device auto|cpu|cuda] [--data-root DIR] [--max-minutes M] [--lr LR]
+[--init WEIGHTS]``.
 
 Data (see MODEL_CARD.md, "Lung network"): real chest CT read with SimpleITK in LPS
 (canonical orientation), resampled in-plane to ``PIXEL_MM`` with the engine's own
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=str(DATA_ROOT))
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init", default=None, help="start from these weights (a continuation run)")
     args = ap.parse_args(argv)
 
     from segmentation.unet_engine import pick_device
@@ -349,7 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     weights = np.array([HOST_WEIGHTS.get(h.name, 0.02) for h in hosts], float)
     weights /= weights.sum()
 
-    net = LungNet(1, 3, WIDTH).to(device)
+    net = LungNet(1, 3, WIDTH)
+    if args.init:
+        from segmentation.lung_engine import LungNetEngine
+
+        net.load_state_dict(LungNetEngine(args.init, "cpu").net.state_dict())
+        print(f"[train_lungs] initialised from {args.init}", flush=True)
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     total = args.steps
     budget_s = args.max_minutes * 60.0
@@ -403,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.time() - t_train
     net.load_state_dict(best_state)
     net.eval()
-    extra = {"seed": args.seed, "steps_run": step + 1, "steps_planned": total, "best_step": best_step,
+    extra = {"seed": args.seed, "init": Path(args.init).name if args.init else None, "steps_run": step + 1, "steps_planned": total, "best_step": best_step,
              "batch": BATCH, "crop": CROP}
     out = Path(args.out)
     digest = save_weights(net, out, extra)
