@@ -94,7 +94,8 @@ def cmd_painted(args) -> int:
         healthy = segment_lungs(vol)
         r0, l0 = healthy.right, healthy.left
         rows = {}
-        cases = [("issue_posterior_40pct", None, None, 0)] + (CASES if sname == "lidc0001" else [])
+        chosen = [c for c in CASES if args.cases is None or c[0] in args.cases.split(",")]
+        cases = [("issue_posterior_40pct", None, None, 0)] + (chosen if sname == "lidc0001" else [])
         for name, patterns, sides, seed in cases:
             t = time.time()
             if patterns is None:
@@ -110,9 +111,11 @@ def cmd_painted(args) -> int:
             t_net = time.time() - t1
             row = {"dense_fraction_of_lung": round(dense, 3), "net": score(net, rt, lt, vml),
                    "net_seconds": round(t_net, 1)}
-            if not args.no_classical:
+            if not args.no_classical or patterns is None:
                 row["classical"] = score(segment_lungs(sick), rt, lt, vml)
             rows[name] = row
+            if args.json:
+                Path(args.json).write_text(json.dumps({**results, sname: {"role": role, "cases": rows}}, indent=1))
             c = row.get("classical", {})
             print(f"{sname} ({role}) {name:26s} dense {100 * dense:5.1f}% | net Dice R {row['net']['dice_right']:.3f} "
                   f"L {row['net']['dice_left']:.3f} vol {row['net']['volume_error_pct']:+6.2f}% | classical "
@@ -120,6 +123,8 @@ def cmd_painted(args) -> int:
                   f"vol {c.get('volume_error_pct', float('nan')):+6.2f}% | truth {row['net']['truth_ml']:.0f} ml "
                   f"({time.time() - t:.0f}s)", flush=True)
         results[sname] = {"role": role, "cases": rows}
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
@@ -226,6 +231,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("painted")
     p.add_argument("--json")
     p.add_argument("--no-classical", action="store_true")
+    p.add_argument("--cases", default=None, help="comma-separated subset of the painted cases")
     p.add_argument("--with-training-series", action="store_true")
     q = sub.add_parser("pictures")
     q.add_argument("--out", default=str(REPO / "segmentation" / "model_card"))
