@@ -102,9 +102,16 @@ def ts_reference(data: Path) -> dict:
 
 
 def load_lidc(folder: Path) -> Volume:
+    """A plain axial series folder (LIDC, COVID-CT-MD) as an LPS Volume (z ascending = cranial).
+
+    Only the identity axial orientation (1,0,0,0,1,0) is accepted: it already is LPS.
+    """
     import pydicom
 
     ds = [pydicom.dcmread(str(f)) for f in sorted(folder.glob("*.dcm"))]
+    for d in ds:
+        if [round(float(v)) for v in d.ImageOrientationPatient] != [1, 0, 0, 0, 1, 0]:
+            raise ValueError(f"{folder}: not an identity axial orientation: {d.ImageOrientationPatient}")
     ds.sort(key=lambda d: float(d.ImagePositionPatient[2]))
     hu = np.stack([d.pixel_array.astype(np.float32) * float(d.RescaleSlope) + float(d.RescaleIntercept)
                    for d in ds]).astype(np.int16)

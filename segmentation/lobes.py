@@ -66,6 +66,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from segmentation.airways import trace_airways
 from segmentation.types import LOBE_KEYS, Lobe, Volume
 
 WORK_SPACING_MM = 1.5
@@ -86,6 +87,12 @@ MAJOR_ANTERIOR_HEIGHT = 0.36
 HORIZONTAL_HEIGHT = 0.62
 MIN_SHEET_MM3 = 150.0
 GAP_CLOSE_MM = 10.0
+MAX_AIRWAY_SLICE_MM = 3.0
+GEODESIC_MM = 3.0
+GEODESIC_STOP_MM = 2000.0
+VESSEL_SPEEDUP = 2.0
+SMOOTH_MM = 3.0
+BRONCHIAL_BAND_MM = 12.0
 
 LEFT_LOBES = (Lobe.LEFT_UPPER, Lobe.LEFT_LOWER)
 RIGHT_LOBES = (Lobe.RIGHT_UPPER, Lobe.RIGHT_MIDDLE, Lobe.RIGHT_LOWER)
@@ -110,6 +117,7 @@ class LobeResult:
     notes: list[str] = field(default_factory=list)
     fissure_support: dict[str, float | None] = field(default_factory=dict)
     cranial_end: str = "high"
+    airway_lobes: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,11 +411,137 @@ def _one_lung(hu_w: np.ndarray | None, lung_w: np.ndarray, g: _Grid, cranial_sig
 
 
 # ---------------------------------------------------------------------------------------
+# bronchial model: each lobe is what its lobar bronchus supplies
+
+
+def _block(arr: np.ndarray, f: tuple[int, int, int], how: str) -> np.ndarray:
+    """Block-reduce ``arr`` by ``f`` (edge-padded): "any", "mean" or "max"."""
+    pad = [(0, (-n) % k) for n, k in zip(arr.shape, f)]
+    a = np.pad(arr, pad, mode="edge") if any(p[1] for p in pad) else arr
+    z, y, x = a.shape
+    b = a.reshape(z // f[0], f[0], y // f[1], f[1], x // f[2], f[2])
+    if how == "any":
+        return b.any(axis=(1, 3, 5))
+    if how == "mean":
+        return b.mean(axis=(1, 3, 5), dtype=np.float32)
+    return b.max(axis=(1, 3, 5))
+
+
+def _unblock(arr: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
+    for axis, k in enumerate(f):
+        if k > 1:
+            arr = np.repeat(arr, k, axis=axis)
+    return arr[: shape[0], : shape[1], : shape[2]]
+
+
+def _geodesic_lobes(lung_w: np.ndarray, hu_w: np.ndarray, seeds_w: np.ndarray, lobes, spacing) -> np.ndarray:
+    """Geodesic Voronoi of the lobar seeds inside the lung on a ~GEODESIC_MM grid.
+
+    Travel is ``VESSEL_SPEEDUP`` times faster inside vessels (HU > VESSEL_HU), so parenchyma
+    far from the traced bronchi goes to the lobe whose vessel tree reaches it first (the
+    pulmonary arteries run with the bronchi). Boundaries are then smoothed (each lobe's
+    indicator blurred by SMOOTH_MM, arg-max) so that the coarse grid leaves no steps.
+    """
+    f = tuple(max(1, int(round(GEODESIC_MM / s))) for s in spacing)
+    sp_c = tuple(s * k for s, k in zip(spacing, f))
+    domain = _block(lung_w | (seeds_w > 0), f, "any")
+    vessel = _block((hu_w > VESSEL_HU) & lung_w, f, "mean")
+    seeds_c = _block(seeds_w, f, "max")
+    speed = np.where(domain, 1.0 + VESSEL_SPEEDUP * vessel, 1e-4).astype(np.float32)
+    img = sitk.GetImageFromArray(speed)
+    img.SetSpacing(tuple(float(s) for s in sp_c[::-1]))
+    arrival = []
+    for lb in lobes:
+        pts = np.argwhere(seeds_c == lb)
+        fm = sitk.FastMarchingImageFilter()
+        fm.SetTrialPoints([(int(x), int(y), int(z)) for z, y, x in pts])
+        fm.SetStoppingValue(GEODESIC_STOP_MM)  # far beyond any path inside a lung
+        arrival.append(np.minimum(sitk.GetArrayFromImage(fm.Execute(img)), 1e30).astype(np.float32))
+    nearest = np.asarray(lobes, np.uint8)[np.argmin(np.stack(arrival), axis=0)]
+    lab = _unblock(nearest, f, lung_w.shape)
+    sig = [SMOOTH_MM / s for s in spacing]
+    score = np.stack([ndi.gaussian_filter((lab == lb).astype(np.float32), sig) for lb in lobes])
+    out = np.zeros(lung_w.shape, np.uint8)
+    out[lung_w] = np.asarray(lobes, np.uint8)[np.argmax(score, axis=0)][lung_w]
+    return out
+
+
+def _keep_connected(lab: np.ndarray, lung_w: np.ndarray, lobes) -> np.ndarray:
+    """Each lobe keeps its largest 26-connected piece; the rest goes to the nearest lobe."""
+    out = lab.copy()
+    for lb in lobes:
+        comps, n = ndi.label(out == lb, structure=np.ones((3, 3, 3), bool))
+        if n > 1:
+            sizes = np.bincount(comps.ravel())
+            sizes[0] = 0
+            out[(comps > 0) & (comps != np.argmax(sizes))] = 0
+    hole = lung_w & (out == 0)
+    if hole.any():
+        idx = ndi.distance_transform_edt(out == 0, return_distances=False, return_indices=True)
+        out[hole] = out[tuple(i[hole] for i in idx)]
+    return out
+
+
+def _bronchial_lung(hu_w: np.ndarray, lung_w: np.ndarray, seeds_w: np.ndarray, spacing, right: bool,
+                    search_fissures: bool):
+    """Labels on the lung crop from the lobar seeds, refined onto visible fissures.
+
+    Returns labels, per-fissure support (fraction of the boundary on a visible fissure).
+    """
+    lobes = RIGHT_LOBES if right else LEFT_LOBES
+    prior = _geodesic_lobes(lung_w, hu_w, seeds_w, lobes, spacing)
+    # band around the prior boundaries; fissure search and the flood happen in it
+    edge = np.zeros(lung_w.shape, bool)
+    for axis in range(3):
+        a = np.swapaxes(prior, 0, axis)
+        e = np.swapaxes(edge, 0, axis)
+        diff = (a[1:] != a[:-1]) & (a[1:] > 0) & (a[:-1] > 0)
+        e[1:] |= diff
+        e[:-1] |= diff
+    dist = ndi.distance_transform_edt(~edge, sampling=spacing) if edge.any() else np.full(lung_w.shape, 1e9)
+    zone = lung_w & (dist <= BRONCHIAL_BAND_MM)
+    sheet = np.zeros(lung_w.shape, np.float32)
+    if search_fissures:
+        dense = ndi.binary_dilation(hu_w > VESSEL_HU) & lung_w
+        sheet = sheetness(hu_w, spacing, zone & ~dense)
+        sheet[dense] = ndi.maximum_filter(sheet, size=5)[dense]
+    markers = np.zeros(lung_w.shape, np.uint8)
+    for lb in lobes:
+        for band in (BRONCHIAL_BAND_MM, BRONCHIAL_BAND_MM / 2, BRONCHIAL_BAND_MM / 4, 0.0):
+            m = (prior == lb) & (dist > band)
+            if m.sum() >= 30 or band == 0.0:
+                break
+        markers[m] = lb
+    ridge = np.maximum(0.0, 1.0 - dist / BRONCHIAL_BAND_MM)
+    barrier = ndi.gaussian_filter(sheet, [GAP_CLOSE_MM / 4.0 / s for s in spacing]) if search_fissures else sheet
+    cost = np.where(lung_w, barrier + PRIOR_RIDGE * ridge, 10.0).astype(np.float32)
+    ws = _watershed(cost, markers)
+    ws[~lung_w] = 0
+    ws = _keep_connected(ws, lung_w, lobes)
+    support: dict[str, float | None] = {}
+    if search_fissures:
+        sheet_max = ndi.maximum_filter(sheet, size=3)
+        interior = ndi.distance_transform_edt(lung_w, sampling=spacing) > PLEURA_MARGIN_MM
+        if right:
+            support["right_major"] = _boundary_support(ws, {Lobe.RIGHT_UPPER, Lobe.RIGHT_MIDDLE},
+                                                       {Lobe.RIGHT_LOWER}, sheet_max, interior)
+            support["right_horizontal"] = _boundary_support(ws, {Lobe.RIGHT_UPPER}, {Lobe.RIGHT_MIDDLE},
+                                                            sheet_max, interior)
+        else:
+            support["left_major"] = _boundary_support(ws, {Lobe.LEFT_UPPER}, {Lobe.LEFT_LOWER}, sheet_max,
+                                                      interior)
+    else:
+        support = ({"right_major": None, "right_horizontal": None} if right else {"left_major": None})
+    return ws, support
+
+
+# ---------------------------------------------------------------------------------------
 # public
 
 
 def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray, *,
                   cranial_end: str | None = None, use_fissures: bool = True,
+                  use_airways: bool | None = None,
                   relative_height_span: tuple[float, float] | None = None) -> LobeResult:
     """Label the five lobes inside the given lung masks.
 
@@ -436,41 +570,81 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
     search = use_fissures and not thick
     if use_fissures and thick:
         notes.append(f"slices {volume.spacing_mm[0]:.2f} mm apart (> {MAX_FISSURE_SLICE_MM} mm): "
-                     "fissures unreliable, geometric lobe model used")
+                     "fissures not searched")
     elif not use_fissures:
-        notes.append("fissure search off: geometric lobe model used")
+        notes.append("fissure search off")
+
+    if use_airways is None:
+        use_airways = use_fissures
+    tree, g_all = None, None
+    if use_airways and volume.spacing_mm[0] > MAX_AIRWAY_SLICE_MM:
+        notes.append(f"slices {volume.spacing_mm[0]:.2f} mm apart (> {MAX_AIRWAY_SLICE_MM} mm): "
+                     "airway tree not traced, geometric lobe model used")
+    elif use_airways:
+        g_all = _make_grid(volume.spacing_mm, lung_left | lung_right)
+        if g_all is not None:
+            flip = slice(None, None, -1) if cranial_end == "low" else slice(None)
+            hu_all = _reduce(hu, g_all, "mean")[flip]
+            lw_all = _reduce(lung_left, g_all, "any")[flip]
+            rw_all = _reduce(lung_right, g_all, "any")[flip]
+            tree = trace_airways(hu_all, g_all.spacing, lw_all, rw_all)
+            tree.lobar = tree.lobar[flip]
+            hu_all, lw_all, rw_all = hu_all[flip], lw_all[flip], rw_all[flip]
+            notes.extend(tree.notes)
 
     labels = np.zeros(hu.shape, np.uint8)
     method: dict[str, str] = {}
     support: dict[str, float | None] = {}
+    bronchial_fissures: set[str] = set()
     for right, mask in ((False, lung_left), (True, lung_right)):
         lobes = RIGHT_LOBES if right else LEFT_LOBES
         side = "right" if right else "left"
-        g = _make_grid(volume.spacing_mm, mask)
-        if g is None:
+        if not mask.any():
             notes.append(f"{side} lung mask empty: its lobes are empty")
             method.update({LOBE_KEYS[lb]: "geometric" for lb in lobes})
             continue
         _note_fov_cut(mask, side, notes)
-        lung_w = _reduce(mask, g, "any")
-        hu_w = _reduce(hu, g, "mean") if search else None
-        # cranio-caudal mm of working slice 0, in a frame shared by both lungs
-        zc0 = cranial_sign * (g.lo[0] + (g.f[0] - 1) / 2.0) * volume.spacing_mm[0]
-        zc_ends = (0.0, cranial_sign * (hu.shape[0] - 1) * volume.spacing_mm[0])
-        lab_w, meth, sup = _one_lung(hu_w, lung_w, g, cranial_sign, zc0, right, relative_height_span, zc_ends)
+        if tree is not None and all(lb in tree.identified for lb in lobes):
+            lung_w = rw_all if right else lw_all
+            seeds = np.where(np.isin(tree.lobar, lobes), tree.lobar, 0).astype(np.uint8)
+            box = _bbox(lung_w | (seeds > 0), margin=2)
+            lab_c, sup = _bronchial_lung(hu_all[box], lung_w[box], seeds[box], g_all.spacing, right, search)
+            lab_w = np.zeros(lung_w.shape, np.uint8)
+            lab_w[box] = lab_c
+            g = g_all
+            meth = {lb: "bronchial" for lb in lobes}
+            bronchial_fissures.update(sup)
+        else:
+            if tree is not None:
+                notes.append(f"{side} lung: lobar bronchi not all identified, geometric lobe model used")
+            g = _make_grid(volume.spacing_mm, mask)
+            lung_w = _reduce(mask, g, "any")
+            hu_w = _reduce(hu, g, "mean") if search else None
+            # cranio-caudal mm of working slice 0, in a frame shared by both lungs
+            zc0 = cranial_sign * (g.lo[0] + (g.f[0] - 1) / 2.0) * volume.spacing_mm[0]
+            zc_ends = (0.0, cranial_sign * (hu.shape[0] - 1) * volume.spacing_mm[0])
+            lab_w, meth, sup = _one_lung(hu_w, lung_w, g, cranial_sign, zc0, right, relative_height_span,
+                                         zc_ends)
         full = _expand(lab_w, g, hu.shape)
         full[~mask] = 0
         missing = mask & (full == 0)
         if missing.any():  # voxels whose working block fell outside the working lung: nearest lobe
-            idx = ndi.distance_transform_edt(full == 0, return_distances=False, return_indices=True)
-            full[missing] = full[tuple(i[missing] for i in idx)]
+            box = _bbox(mask, margin=1)
+            sub = full[box]
+            idx = ndi.distance_transform_edt(sub == 0, return_distances=False, return_indices=True)
+            miss = missing[box]
+            sub[miss] = sub[tuple(i[miss] for i in idx)]
         labels[mask] = full[mask]
         method.update({LOBE_KEYS[lb]: m for lb, m in meth.items()})
         support.update(sup)
 
     for name, s in support.items():
         if s is None:
-            notes.append(f"{name} fissure: boundary too small to measure support")
+            if search:
+                notes.append(f"{name} fissure: boundary too small to measure support")
+        elif name in bronchial_fissures:
+            notes.append(f"{name} fissure: {100 * s:.0f}% of the boundary on a visible fissure "
+                         "(elsewhere the bronchial tree decides)")
         else:
             verdict = "found" if s >= SUPPORT_FRACTION else "not found, geometric model used"
             notes.append(f"{name} fissure: {100 * s:.0f}% of the boundary on a visible fissure ({verdict})")
@@ -481,12 +655,18 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
         empty = not (labels == lb).any()
         if empty:
             notes.append(f"{key} lobe empty")
-        ok = method.get(key) == "fissure" and not empty and not ambiguous and not cut
+        ok = method.get(key) in ("fissure", "bronchial") and not empty and not ambiguous and not cut
         confidence[key] = "high" if ok else "low"
     if not search:
         support = {k: None for k in ("left_major", "right_major", "right_horizontal")}
     return LobeResult(labels=labels, confidence=confidence, method=method, notes=notes,
-                      fissure_support=support, cranial_end=cranial_end)
+                      fissure_support=support, cranial_end=cranial_end,
+                      airway_lobes=sorted(LOBE_KEYS[lb] for lb in tree.identified) if tree is not None else [])
+
+
+def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice]:
+    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+    return tuple(slice(max(0, i[0] - margin), min(n, i[-1] + 1 + margin)) for i, n in zip(idx, mask.shape))
 
 
 def _note_fov_cut(mask: np.ndarray, side: str, notes: list[str]) -> None:
