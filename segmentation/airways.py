@@ -41,7 +41,7 @@ from scipy.sparse.csgraph import connected_components
 from segmentation.types import Lobe
 
 TRACHEA_HU = -900.0
-GROW_HU = (-990.0, -830.0, 15.0)  # first, last, step
+GROW_HU = (-950.0, -830.0, 20.0)  # first, last, step
 LEAK_RATIO = 1.6
 LEAK_MIN_ML = 40.0
 MAX_TREE_ML = 250.0
@@ -54,6 +54,7 @@ EXTEND_HU = -700.0
 EXTEND_BOX_MM = 24.0
 EXTEND_MAX_ML = 0.6
 EXTEND_ROUNDS = 3
+EXTEND_STEP_HU = 10.0
 
 
 @dataclass
@@ -170,7 +171,7 @@ def _extend(smooth: np.ndarray, tree: np.ndarray, spacing, t_hu: float, z_seed: 
     """
     half = [max(2, int(round(EXTEND_BOX_MM / 2 / s))) for s in spacing]
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    thresholds = np.arange(t_hu + GROW_HU[2], EXTEND_HU + 1e-6, GROW_HU[2])
+    thresholds = np.arange(t_hu + EXTEND_STEP_HU, EXTEND_HU + 1e-6, EXTEND_STEP_HU)
     for _ in range(EXTEND_ROUNDS):
         dist = _bfs(tree, seed & tree)
         ends = tree & (dist >= ndi.maximum_filter(dist, size=3)) & (dist > 5)
