@@ -1,61 +1,73 @@
 """Five lung lobes from an HU volume and the left/right lung masks (no learned model, no labels).
 
-Method (sizes in mm; the heavy work runs on a working grid of about 1.5 mm, cropped to each
-lung, and the labels are mapped back to the input grid by index):
+Each lobe is what its lobar bronchus supplies; fissures decide where they are visible. The
+heavy work runs on a working grid of about 1.5 mm covering the lungs, and the labels are
+mapped back to the input grid by index. The volume is in the canonical orientation (x ->
+patient's left, y -> posterior, z -> superior; segmentation.types); ``cranial_end`` is still
+checked (see 1) and a caudal-first array is flipped internally.
 
-1. Orientation. z is the slice axis; which end is cranial is *detected* unless passed in
-   (``cranial_end``): near the apex a lung's axial cross-section is a compact blob filling
-   most of its bounding box, near the base a thin crescent around the diaphragmatic dome, so
-   the end whose slices have the higher area / bounding-box ratio is cranial (see
-   ``detect_cranial_end``). A ratio between the ends under 1.3 is ambiguous and noted. Rows (y) are assumed anterior at low index (standard axial DICOM
-   display, LPS row direction +y); the caller flips other data first.
-2. Geometric model (always computed; the fallback and the prior). Per lung, with H its
-   cranio-caudal height and D its antero-posterior depth (robust percentiles of the mask):
-   - major (oblique) fissure: in the sagittal plane the straight line from the posterior
-     border at ``MAJOR_POSTERIOR_HEIGHT`` x H above the lowest lung point (about T4-T5) down to
-     the anterior diaphragm, ``MAJOR_ANTERIOR_DEPTH`` x D behind the anterior border at
-     ``MAJOR_ANTERIOR_HEIGHT`` x H (the anterior base sits on the dome, well above the
-     posterior costophrenic recess that defines the lowest point); above/in front of it =
-     upper lobe (and middle lobe on the right);
-   - horizontal fissure (right): the axial plane at ``HORIZONTAL_HEIGHT`` x H above the base
-     (about the 4th costal cartilage), only in front of the major fissure; above = upper lobe.
-   The four constants were set so that the lobe volume fractions on one real chest CT
-   (LIDC-IDRI-0001) match textbook fractions (RUL ~20 %, RML ~9 %, RLL ~23 %, LUL ~24 %,
-   LLL ~22 %); none of the reference lobe label maps was used to set them.
-3. Fissure enhancement (only when slices are <= 2.5 mm thick): Hessian of the working-grid
-   HU at sigma 1.5 mm; eigenvalues sorted by magnitude |l1| <= |l2| <= |l3|. A bright sheet
-   has l3 << 0 and l1, l2 ~ 0, so sheetness = max(0, -l3) * exp(-(|l2|/|l3|)^2 / (2*0.5^2))
-   (tubes and blobs, where |l2| ~ |l3|, are suppressed), mapped to [0, 1) by
-   1 - exp(-(s / SHEET_SCALE)^2 / 2). Vessels and other dense tissue (working-grid HU above
-   ``VESSEL_HU``, dilated by one voxel) are not searched but take the largest response of
-   their neighbours (so that a vessel crossing a fissure does not open a hole in the flooding
-   barrier), sheet fragments (connected voxels
-   with sheetness >= ``SUPPORT_SHEETNESS``) under ``MIN_SHEET_MM3`` are dropped (with slices
-   of 2-2.5 mm, small in-plane vessels smear into short sheets), and nothing outside the
-   plausible fissure zone (``BAND_MM`` either side of the geometric fissures) is searched.
-   (Lung voxels next to the chest wall see a step edge, whose second derivative on the dark
-   side is positive, so the pleura is not taken for a bright sheet; the fissure sheet must
-   reach the pleura, or the flood would leak round its edge.)
-4. Region growing: markers are the geometric lobes minus the fissure zone (i.e. anatomical
-   seeds: apex/anterior for the upper lobe, posterior base for the lower, anterior-inferior-
-   medial for the middle), and SimpleITK's MorphologicalWatershedFromMarkers floods the zone
-   with cost = sheetness smoothed by a Gaussian of sigma 2.5 mm (so that small gaps in a
-   fissure do not let the flood through) + a faint ridge on the geometric fissure (so that where there is no
-   fissure signal the boundary stays on the model plane). The boundary thus sits on the
-   fissure where one is visible.
-5. Confidence. For each fissure (left major, right major, right horizontal) the support is
-   the fraction of its final boundary voxels (away from the pleura) whose sheetness, maximum
-   over the 3x3x3 neighbourhood, is >= ``SUPPORT_SHEETNESS``. A fissure with support >=
-   ``SUPPORT_FRACTION`` is "found"; otherwise its boundary is replaced by the geometric model.
-   A lobe is "high" confidence (method "fissure") when every fissure that bounds it was found,
-   else "low" (method "geometric"). Thick slices, no fissure signal, a lung cut by the field
-   of view or an ambiguous orientation all give "low" with a note.
+A. Bronchial model (the default; slices <= ``MAX_AIRWAY_SLICE_MM``):
+   1. segmentation.airways traces the airway tree from the trachea and names the lobar
+      bronchi from the tree's topology and direction (right upper / middle / lower, left
+      upper incl. lingula / lower); see that module.
+   2. Geodesic assignment: on a ~``GEODESIC_MM`` grid, fast marching from each lobe's bronchial
+      subtree through the lung, ``VESSEL_SPEEDUP`` times faster inside vessels (HU above
+      ``VESSEL_HU``), so parenchyma beyond the traced bronchi goes to the lobe whose
+      bronchovascular tree reaches it first; each voxel takes the lobe of the earliest arrival.
+      Each lobe's indicator is blurred (``SMOOTH_MM``) and arg-maxed, so the coarse grid leaves
+      no steps.
+   3. Fissures as barriers: within ``BRONCHIAL_BAND_MM`` of these boundaries the Hessian
+      sheetness (step 3 of B) is searched (slices <= ``MAX_FISSURE_SLICE_MM``), and a seeded
+      watershed (markers = the lobes outside the band) floods the band with cost = the
+      smoothed sheetness + a faint ridge on the bronchial boundary: the boundary moves onto a
+      visible fissure, and stays on the bronchial boundary where none is visible.
+   4. Each lobe keeps its largest connected piece (the rest goes to its nearest lobe).
+   A lung whose lobar bronchi were not all identified falls back to B (with a note).
+B. Geometric model with fissure search (the fallback; thick slices, no trachea, a tree that
+   leaks or does not divide as expected):
+   1. Orientation. Which end of z is cranial is *detected* unless passed in (``cranial_end``):
+      near the apex a lung's axial cross-section is a compact blob filling most of its
+      bounding box, near the base a thin crescent around the diaphragmatic dome, so the end
+      whose slices have the higher area / bounding-box ratio is cranial (see
+      ``detect_cranial_end``). A ratio between the ends under 1.3 is ambiguous and noted.
+   2. Per lung, with H its cranio-caudal height and D its antero-posterior depth (robust
+      percentiles of the mask):
+      - major (oblique) fissure: in the sagittal plane the straight line from the posterior
+        border at ``MAJOR_POSTERIOR_HEIGHT`` x H above the lowest lung point (about T4-T5) down
+        to the anterior diaphragm, ``MAJOR_ANTERIOR_DEPTH`` x D behind the anterior border at
+        ``MAJOR_ANTERIOR_HEIGHT`` x H; above/in front of it = upper lobe (and middle lobe on
+        the right);
+      - horizontal fissure (right): the axial plane at ``HORIZONTAL_HEIGHT`` x H above the base,
+        only in front of the major fissure; above = upper lobe.
+      The four constants were set so that the lobe volume fractions on one real chest CT
+      (LIDC-IDRI-0001) match textbook fractions; none of the reference lobe label maps was
+      used to set them.
+   3. Fissure enhancement (only when slices are <= 2.5 mm thick): Hessian of the working-grid
+      HU at sigma 1.5 mm; eigenvalues sorted by magnitude |l1| <= |l2| <= |l3|. A bright sheet
+      has l3 << 0 and l1, l2 ~ 0, so sheetness = max(0, -l3) * exp(-(|l2|/|l3|)^2 / (2*0.5^2)),
+      mapped to [0, 1) by 1 - exp(-(s / SHEET_SCALE)^2 / 2). Vessels and other dense tissue
+      (HU above ``VESSEL_HU``, dilated by one voxel) are not searched but take the largest
+      response of their neighbours (a vessel crossing a fissure must not open a hole in the
+      flooding barrier); sheet fragments under ``MIN_SHEET_MM3`` are dropped; nothing outside
+      ``BAND_MM`` of the geometric fissures is searched.
+   4. Region growing: markers are the geometric lobes minus the fissure zone, and
+      SimpleITK's MorphologicalWatershedFromMarkers floods the zone with cost = sheetness
+      smoothed by a Gaussian of sigma 2.5 mm + a faint ridge on the geometric fissure.
+   5. For each fissure the support is the fraction of its final boundary voxels (away from
+      the pleura) whose sheetness, maximum over the 3x3x3 neighbourhood, is >=
+      ``SUPPORT_SHEETNESS``; with support >= ``SUPPORT_FRACTION`` the fissure is "found",
+      otherwise its boundary is the geometric plane.
+C. Confidence: a lobe is "high" when it came from the bronchial model (method "bronchial") or
+   every fissure that bounds it was found (method "fissure"), else "low" (method
+   "geometric"); an empty lobe, a lung cut by the field of view or an ambiguous orientation
+   also give "low". The notes say which path each lung took and why, and the per-fissure
+   support.
 
-Limits: the geometric model is a straight plane per fissure and knows nothing of the patient's
-actual anatomy (accessory fissures, incomplete fissures, post-operative lungs); a dense lesion
-that hides a fissure makes that fissure fall back to the plane; the support criterion counts
-any sheet on the boundary, so a strongly sheet-like lesion edge in the zone can be taken for
-a fissure.
+Limits: the bronchial model needs the lobar bronchi to be air-filled and traceable (thin
+slices, no mucus plugging or bronchus-filling consolidation at the hilum); where the traced
+tree is sparse the boundary follows the vessels, which (veins especially) run between
+segments and may cross an incomplete fissure; a dense lesion hides both fissure and vessels,
+so across it the boundary is the geodesic one. The geometric fallback is a plane per fissure.
 """
 
 from __future__ import annotations
@@ -104,7 +116,9 @@ class LobeResult:
 
     labels: uint8 (z, y, x), Lobe values inside the lungs, 0 elsewhere.
     confidence: per LOBE_KEYS value, "high" | "low" (see the module docstring for the rule).
-    method: per LOBE_KEYS value, "fissure" | "geometric": where the lobe's boundaries came from.
+    method: per LOBE_KEYS value, "bronchial" | "fissure" | "geometric": where the lobe's boundaries
+        came from (A, B with fissures found, B without; see the module docstring).
+    airway_lobes: the lobes whose lobar bronchus was identified in the traced airway tree.
     notes: quality remarks (thick slices, fissure support per fissure, orientation, FOV cut).
     fissure_support: per fissure ("left_major", "right_major", "right_horizontal") the
         fraction of its boundary on a visible fissure; None when fissures were not searched.
