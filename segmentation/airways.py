@@ -167,7 +167,8 @@ def _extend(smooth: np.ndarray, tree: np.ndarray, spacing, t_hu: float, z_seed: 
     Around every end of the tree (a voxel farthest from the trachea among its neighbours), in
     a box of ``EXTEND_BOX_MM``, the tree grows with the threshold raised step by step from the
     global one up to ``EXTEND_HU``; the highest threshold whose growth in the box stays under
-    ``EXTEND_MAX_ML`` (a bronchus, not the parenchyma) is kept.
+    ``EXTEND_MAX_ML`` (a bronchus, not the parenchyma) is kept (found by bisection: the growth
+    only rises with the threshold).
     """
     half = [max(2, int(round(EXTEND_BOX_MM / 2 / s))) for s in spacing]
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -186,13 +187,16 @@ def _extend(smooth: np.ndarray, tree: np.ndarray, spacing, t_hu: float, z_seed: 
             sub_t = tree[box]
             sub_s = smooth[box]
             best = None
-            for t in thresholds:
-                lab, _ = ndi.label((sub_s < t) | sub_t)
+            lo, hi = 0, len(thresholds) - 1  # growth rises with the threshold: bisect
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                lab, _ = ndi.label((sub_s < thresholds[mid]) | sub_t)
                 ids = np.unique(lab[sub_t])
                 grown = np.isin(lab, ids[ids > 0]) & ~sub_t
                 if grown.sum() * voxel_ml > EXTEND_MAX_ML:
-                    break
-                best = grown
+                    hi = mid - 1
+                else:
+                    best, lo = grown, mid + 1
             if best is not None:
                 added[box] |= best
         added[z_seed + 1:] = False

@@ -448,13 +448,15 @@ def _unblock(arr: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
     return arr[: shape[0], : shape[1], : shape[2]]
 
 
-def _geodesic_lobes(lung_w: np.ndarray, hu_w: np.ndarray, seeds_w: np.ndarray, lobes, spacing) -> np.ndarray:
+def _geodesic_lobes(lung_w: np.ndarray, hu_w: np.ndarray, seeds_w: np.ndarray, lobes,
+                    spacing) -> tuple[np.ndarray, np.ndarray]:
     """Geodesic Voronoi of the lobar seeds inside the lung on a ~GEODESIC_MM grid.
 
     Travel is ``VESSEL_SPEEDUP`` times faster inside vessels (HU > VESSEL_HU), so parenchyma
     far from the traced bronchi goes to the lobe whose vessel tree reaches it first (the
-    pulmonary arteries run with the bronchi). Boundaries are then smoothed (each lobe's
-    indicator blurred by SMOOTH_MM, arg-max) so that the coarse grid leaves no steps.
+    pulmonary arteries run with the bronchi). Returns, on the working grid, the lobe of the
+    earliest arrival and the margin (mm of travel) by which it won over the next lobe; the
+    margin is interpolated linearly, so its zero set (the boundary) has no coarse-grid steps.
     """
     f = tuple(max(1, int(round(GEODESIC_MM / s))) for s in spacing)
     sp_c = tuple(s * k for s, k in zip(spacing, f))
@@ -470,14 +472,18 @@ def _geodesic_lobes(lung_w: np.ndarray, hu_w: np.ndarray, seeds_w: np.ndarray, l
         fm = sitk.FastMarchingImageFilter()
         fm.SetTrialPoints([(int(x), int(y), int(z)) for z, y, x in pts])
         fm.SetStoppingValue(GEODESIC_STOP_MM)  # far beyond any path inside a lung
-        arrival.append(np.minimum(sitk.GetArrayFromImage(fm.Execute(img)), 1e30).astype(np.float32))
-    nearest = np.asarray(lobes, np.uint8)[np.argmin(np.stack(arrival), axis=0)]
+        arrival.append(np.minimum(sitk.GetArrayFromImage(fm.Execute(img)), GEODESIC_STOP_MM).astype(np.float32))
+    t = np.stack(arrival)
+    order = np.argsort(t, axis=0)
+    best = np.take_along_axis(t, order[:1], axis=0)[0]
+    second = np.take_along_axis(t, order[1:2], axis=0)[0]
+    nearest = np.asarray(lobes, np.uint8)[order[0]]
     lab = _unblock(nearest, f, lung_w.shape)
-    sig = [SMOOTH_MM / s for s in spacing]
-    score = np.stack([ndi.gaussian_filter((lab == lb).astype(np.float32), sig) for lb in lobes])
-    out = np.zeros(lung_w.shape, np.uint8)
-    out[lung_w] = np.asarray(lobes, np.uint8)[np.argmax(score, axis=0)][lung_w]
-    return out
+    # margin at block centres, linearly interpolated onto the working grid
+    margin = ndi.zoom(second - best, f, order=1, mode="nearest", grid_mode=True)
+    pad = [(0, max(0, n - m)) for n, m in zip(lung_w.shape, margin.shape)]
+    margin = np.pad(margin, pad, mode="edge")[: lung_w.shape[0], : lung_w.shape[1], : lung_w.shape[2]]
+    return lab, margin.astype(np.float32)
 
 
 def _coarse_edt(mask: np.ndarray, spacing) -> np.ndarray:
@@ -511,16 +517,9 @@ def _bronchial_lung(hu_w: np.ndarray, lung_w: np.ndarray, seeds_w: np.ndarray, s
     Returns labels, per-fissure support (fraction of the boundary on a visible fissure).
     """
     lobes = RIGHT_LOBES if right else LEFT_LOBES
-    prior = _geodesic_lobes(lung_w, hu_w, seeds_w, lobes, spacing)
-    # band around the prior boundaries; fissure search and the flood happen in it
-    edge = np.zeros(lung_w.shape, bool)
-    for axis in range(3):
-        a = np.swapaxes(prior, 0, axis)
-        e = np.swapaxes(edge, 0, axis)
-        diff = (a[1:] != a[:-1]) & (a[1:] > 0) & (a[:-1] > 0)
-        e[1:] |= diff
-        e[:-1] |= diff
-    dist = _coarse_edt(~edge, spacing) if edge.any() else np.full(lung_w.shape, 1e9, np.float32)
+    prior, dist = _geodesic_lobes(lung_w, hu_w, seeds_w, lobes, spacing)
+    # band around the prior boundaries (margin of the geodesic vote); fissures are searched
+    # and the flood happens in it
     zone = lung_w & (dist <= BRONCHIAL_BAND_MM)
     sheet = np.zeros(lung_w.shape, np.float32)
     if search_fissures:
