@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -139,14 +140,15 @@ def _find_trachea_seed(smooth: np.ndarray, left: np.ndarray, right: np.ndarray,
 
 def _grow(smooth: np.ndarray, z_seed: int, seed2d: np.ndarray, voxel_ml: float,
           notes: list[str]) -> tuple[np.ndarray | None, float]:
-    sub = smooth[: z_seed + 1]
-    seed = np.zeros(sub.shape, bool)
-    seed[z_seed] = seed2d
+    sub = np.ascontiguousarray(smooth[: z_seed + 1])
+    img = sitk.GetImageFromArray(sub)
+    seeds = [(int(x), int(y), int(z_seed)) for y, x in np.argwhere(seed2d)]
     kept, kept_t, prev_ml = None, float("nan"), None
     for t in np.arange(GROW_HU[0], GROW_HU[1] + 1e-6, GROW_HU[2]):
-        lab, _ = ndi.label((sub < t) | seed)
-        ids = np.unique(lab[seed])
-        tree = np.isin(lab, ids[ids > 0])
+        # seeded flood fill (visits only the grown region; 6-connected)
+        tree = sitk.GetArrayViewFromImage(
+            sitk.ConnectedThreshold(img, seedList=seeds, lower=-1e9, upper=float(t))).astype(bool)
+        tree[z_seed] |= seed2d
         ml = tree.sum() * voxel_ml
         leak = ml > MAX_TREE_ML or (prev_ml is not None and ml > LEAK_MIN_ML and ml > LEAK_RATIO * prev_ml)
         if leak:
