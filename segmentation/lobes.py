@@ -2,9 +2,11 @@
 
 Each lobe is what its lobar bronchus supplies; fissures decide where they are visible. The
 heavy work runs on a working grid of about 1.5 mm in-plane and 2-2.5 mm between slices,
-cropped to the lungs, and the labels are mapped back to the input grid by index. The volume is in the canonical orientation (x ->
-patient's left, y -> posterior, z -> superior; segmentation.types); ``cranial_end`` is still
-checked (see 1) and a caudal-first array is flipped internally.
+cropped to the lungs, and the labels are mapped back to the input grid by index. The volume
+is in the canonical LPS layout (segmentation.types.Volume: x -> patient's left, y ->
+posterior, z -> superior), so cranial is high z (``cranial_end="high"``, the default); an
+array known to run caudally (``"low"``) is flipped internally, and only for arrays of unknown
+orientation (``cranial_end=None``) is the cranial end detected (B.1).
 
 A. Bronchial model (the default; slices <= ``MAX_AIRWAY_SLICE_MM``):
    1. segmentation.airways traces the airway tree from the trachea and names the lobar
@@ -25,7 +27,8 @@ A. Bronchial model (the default; slices <= ``MAX_AIRWAY_SLICE_MM``):
    A lung whose lobar bronchi were not all identified falls back to B (with a note).
 B. Geometric model with fissure search (the fallback; thick slices, no trachea, a tree that
    leaks or does not divide as expected):
-   1. Orientation. Which end of z is cranial is *detected* unless passed in (``cranial_end``):
+   1. Orientation (only for ``cranial_end=None``, arrays of unknown orientation): which end
+      of z is cranial is detected:
       near the apex a lung's axial cross-section is a compact blob filling most of its
       bounding box, near the base a thin crescent around the diaphragmatic dome, so the end
       whose slices have the higher area / bounding-box ratio is cranial (see
@@ -570,16 +573,20 @@ def _bronchial_lung(hu_w: np.ndarray, lung_w: np.ndarray, seeds_w: np.ndarray, s
 
 
 def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray, *,
-                  cranial_end: str | None = None, use_fissures: bool = True,
+                  cranial_end: str | None = "high", use_fissures: bool = True,
                   use_airways: bool | None = None,
                   relative_height_span: tuple[float, float] | None = None) -> LobeResult:
     """Label the five lobes inside the given lung masks.
 
-    volume: HU volume (z, y, x), rows anterior at low index, columns patient's left at high
-        index (standard axial); z may run either way (see ``cranial_end``).
+    volume: HU volume in the canonical LPS layout of segmentation.types.Volume (z toward
+        Superior, y toward Posterior, x toward the patient's Left), as node.volume loads it.
     lung_left, lung_right: boolean masks on volume's grid (the patient's left / right lung).
-    cranial_end: "low" | "high" (the z end towards the head) or None to detect it.
+    cranial_end: "high" (default: canonical, z increases cranially); "low" for an array
+        known to run the other way; None detects it from the lungs' shape (only for arrays
+        whose orientation is unknown, e.g. research scripts; the node never needs it).
     use_fissures: False skips the fissure search (geometric model only, e.g. without a CT).
+    use_airways: trace the airway tree and use the bronchial model (A); default: as
+        use_fissures (both need a real CT). False forces the geometric model (B).
     relative_height_span: for a volume that holds only a slab of the lungs, the relative
         cranio-caudal height in the lung (0 = base, 1 = apex) of its lowest and highest slice
         (mm-wise); by default each lung's own extent in the volume is its full height.
