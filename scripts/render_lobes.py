@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     vol = load_lidc(args.series)
     lungs = segment_lungs(vol)
     res = segment_lobes(vol, lungs.left, lungs.right)
-    render(vol.hu, res.labels, vol.spacing_mm, args.width).save(args.out, optimize=True)
+    img = render(vol.hu, res.labels, vol.spacing_mm, args.width)
+    img.quantize(colors=96).save(args.out, optimize=True)  # small file for the repository
     print(f"{args.out}: confidence {res.confidence}")
     for n in res.notes:
         print(f"  {n}")
