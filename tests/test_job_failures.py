@@ -39,6 +39,7 @@ def test_output_encoding_error_fails_the_job_once_with_the_reason(tmp_path, stor
         while time.monotonic() < deadline:
             assert [j.id for j in store.jobs_for_series(uid)] == [job.id]
             assert store.job(job.id).state == "failed"
+            time.sleep(0.05)
         assert job.attempts == 1 and job.reason.startswith("cannot write outputs:")
         assert "DICOM-SEG" in job.reason and "PatientSex" in job.reason
         assert store.series(uid).state == "failed" and store.deliveries() == []
