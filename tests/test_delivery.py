@@ -30,7 +30,7 @@ from node.store import (
 )
 from node_process import NodeProcess
 from node_testkit import make_series, make_settings
-from peers import REPO_ROOT, StorescpServer, _dcmtk_env, free_port, require_binary, storescu, wait_until
+from peers import REPO_ROOT, _dcmtk_env, free_port, require_binary, storescu, wait_until
 
 PATIENT_NAME = "Zyxwv^Sentinel"
 PATIENT_ID = "PID-SENTINEL-4242"

@@ -112,8 +112,8 @@ def test_a_job_that_kills_the_process_twice_is_failed_with_the_reason(tmp_path):
     assert storescu(files, child.port).returncode == 0
     store = StateStore(root / "lungnode.sqlite3")
     for attempt in (1, 2):
-        wait_until(lambda: [j for j in store.jobs_for_series(uid)
-                            if j.state == JOB_RUNNING and j.attempts == attempt], 60,
+        wait_until(lambda n=attempt: [j for j in store.jobs_for_series(uid)
+                                      if j.state == JOB_RUNNING and j.attempts == n], 60,
                    what=f"job running, attempt {attempt}")
         child.kill9()
         child = Child(root, flag)
