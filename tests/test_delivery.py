@@ -143,8 +143,8 @@ def test_a_hung_destination_does_not_delay_the_other(tmp_path, storescp):
                    if d.destination.startswith("HUNG@"))
         store.close()
     finally:
+        hole.close()  # resets the hung connection, so the node stops without waiting on it
         node.stop()
-        hole.close()
 
 
 # -- permanent refusals (in-process DeliveryService, real pynetdicom peers) ---------------
