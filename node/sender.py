@@ -39,6 +39,7 @@ import pydicom
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 
+from node import tls
 from node.ae import configured_ae
 from node.config import Destination, Settings
 from node.poller import Poller
@@ -121,7 +122,7 @@ def _associate(ae: AE, destination: Destination, negotiation: _Negotiation | Non
         handlers.append((evt.EVT_ACSE_RECV, negotiation.record))
     return ae.associate(
         destination.host, destination.port, ae_title=destination.ae_title,
-        evt_handlers=handlers,
+        evt_handlers=handlers, tls_args=tls.client_args(destination),
     )
 
 
