@@ -139,7 +139,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), overrides)
 
 
-THIRD_PARTY_LOGGERS = ("apscheduler", "highdicom", "pynetdicom", "pydicom")
+THIRD_PARTY_LOGGERS = ("highdicom", "pynetdicom", "pydicom", "apscheduler")
 
 
 def _configure_logging(level: str, verbose: bool) -> None:
