@@ -49,10 +49,11 @@ def _phantom_with_patient(folder: Path) -> tuple[list[Path], str]:
 
 
 def _node(workdir: Path, destinations, **overrides) -> NodeProcess:
-    # a 40-slice phantom has 7.5 mm slices: allow them (the selection rules are not tested here)
+    # a 40-slice phantom has 7.5 mm slices: allow them (the selection rules are not tested
+    # here); the SEGs and the SR only (the report captures are not what is tested here)
     return NodeProcess(workdir, destinations=destinations, quiet_period_s=1.5, overrides={
         "analysis": {"engine": "threshold"}, "selection": {"max_slice_thickness_mm": 8},
-        **overrides})
+        "outputs": {"pdf": False, "summary": False, "overlay": False}, **overrides})
 
 
 def _storescp_on(port: int, out: Path) -> subprocess.Popen:
@@ -84,7 +85,8 @@ def test_destination_down_then_up_gets_results_without_restart(tmp_path):
         print(f"\n[delivery] destination up: delivered {time.time() - down_since:.1f} s later "
               f"(retry delays 1..5 s), {failed_twice[0].attempts} failed attempt(s) before")
         received = [p for p in (tmp_path / "received").iterdir() if p.is_file()]
-        assert len(received) == 2  # SEG and SR
+        # the SEGs (lesions, lungs, lobes when drawn) and the SR, each once
+        assert len(received) == len(store.deliveries()) in (3, 4)
         assert node.proc.poll() is None and node.pid == pid  # no restart
         wait_until(lambda: f"series {uid}: delivered" in node.log_text(), 10,
                    what="the delivered line")
@@ -140,16 +142,17 @@ def test_a_hung_destination_does_not_delay_the_other(tmp_path):
         wait_until(lambda: (ds := live()) and all(d.attempts >= 1 for d in ds), 20, 0.05,
                    "a failed first attempt to the live destination")
         scp = _storescp_on(live_port, tmp_path / "received")
-        wait_until(lambda: [d.state for d in live()] == [DELIVERY_DONE] * 2, 20, 0.05,
-                   "live deliveries done")
+        wait_until(lambda: (ds := live()) and all(d.state == DELIVERY_DONE for d in ds), 20,
+                   0.05, "live deliveries done")
+        outputs = len(live())  # the SEGs (lesions, lungs, lobes when drawn) and the SR
         delay = time.time() - job.finished_at
         received = [p for p in (tmp_path / "received").iterdir() if p.is_file()]
         hung = [d for d in store.deliveries() if d.destination.startswith("HUNG@")]
-        print(f"\n[delivery] live destination (down at first) got both files {delay:.2f} s "
+        print(f"\n[delivery] live destination (down at first) got all files {delay:.2f} s "
               "after the job was done, while the hung one was still waiting on its 25 s ACSE "
               "timeout")
-        assert len(received) == 2 and delay < 20
-        assert len(hung) == 2 and all(d.state == DELIVERY_PENDING and d.attempts == 0
+        assert len(received) == outputs in (3, 4) and delay < 20
+        assert len(hung) == outputs and all(d.state == DELIVERY_PENDING and d.attempts == 0
                                       for d in hung)  # its first pass has not returned yet
         store.close()
     finally:
