@@ -28,7 +28,12 @@ Rules, in order (sizes in mm, so anisotropic voxels are handled):
    it (pneumonia is multifocal and confluent; a nodule sits alone in aerated lung). These
    are excluded only when there are at most ``MAX_SOLITARY_NODULES`` (4) of them: many
    compact foci are read as multifocal opacities and all count (then a note says so).
-4. everything else is ``pneumonia``.
+4. ``small_focus``: an isolated focus (same 10 mm isolation) under
+   ``SMALL_FOCUS_DIAMETER_MM`` (10 mm, 0.52 ml) of any shape: a sub-centimetre opacity alone in
+   aerated lung is a micronodule, a vessel or bronchial-wall segment, or mask noise, not the
+   patchy GGO / consolidation the CT score grades (on 2.5 mm slices such foci span 2-4
+   slices, so their shape figures are not reliable enough for rule 3). Any number of them.
+5. everything else is ``pneumonia``.
 
 Limits: a single round pneumonic focus (e.g. an early "round pneumonia" or a reversed-halo
 lesion) under 30 mm alone in the lungs is excluded as a nodule; a nodule that touches a
@@ -50,8 +55,9 @@ NODULE_MAX_ELONGATION = 2.0
 NODULE_MIN_FILL = 0.55
 ISOLATION_MM = 10.0
 MAX_SOLITARY_NODULES = 4
+SMALL_FOCUS_DIAMETER_MM = 10.0
 
-KINDS = ("calcified", "speck", "nodule", "pneumonia")
+KINDS = ("calcified", "speck", "nodule", "small_focus", "pneumonia")
 
 
 @dataclass(frozen=True)
@@ -122,10 +128,12 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
     compact = ((kind == "pneumonia") & (diameter <= NODULE_MAX_DIAMETER_MM)
                & (elongation <= NODULE_MAX_ELONGATION) & (fill >= NODULE_MIN_FILL))
     compact[0] = False
+    small = (kind == "pneumonia") & (diameter < SMALL_FOCUS_DIAMETER_MM)
+    small[0] = False
     isolated = np.zeros(n + 1, bool)
     objects = ndi.find_objects(labels)
     pad = np.ceil(ISOLATION_MM / spacing).astype(int)
-    for i in np.flatnonzero(compact):
+    for i in np.flatnonzero(compact | small):
         sl = objects[i - 1]
         box = tuple(slice(max(0, s.start - p), min(dim, s.stop + p))
                     for s, p, dim in zip(sl, pad, labels.shape))
@@ -136,13 +144,14 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
             continue
         dist = ndi.distance_transform_edt(sub != i, sampling=spacing)
         isolated[i] = not (others & (dist <= ISOLATION_MM)).any()
-    nodules = np.flatnonzero(compact & isolated)
+    nodules = np.flatnonzero(compact & isolated & ~small)
     notes = []
     if nodules.size > MAX_SOLITARY_NODULES:
         notes.append(f"{nodules.size} compact isolated lesion foci (> {MAX_SOLITARY_NODULES}): "
                      "read as multifocal opacities, all counted toward involvement")
     else:
         kind[nodules] = "nodule"
+    kind[np.flatnonzero(small & isolated)] = "small_focus"
 
     counted_ids = np.flatnonzero(kind == "pneumonia")
     keep = np.zeros(n + 1, bool)

@@ -118,7 +118,7 @@ def _excluded_notes(involvement) -> list[str]:
     by_kind: dict[str, list] = {}
     for c in involvement.excluded:
         by_kind.setdefault(c.kind, []).append(c)
-    for kind in ("nodule", "calcified", "speck"):
+    for kind in ("nodule", "calcified", "small_focus", "speck"):
         items = by_kind.get(kind, [])
         if items:
             total = sum(c.volume_ml for c in items)

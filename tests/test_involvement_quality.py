@@ -98,7 +98,7 @@ def test_many_compact_foci_are_read_as_multifocal_pneumonia() -> None:
     foci = np.zeros(SHAPE, bool)
     for i, (z, y, x) in enumerate([(15, 50, 40), (15, 100, 80), (45, 60, 120), (45, 110, 160),
                                    (65, 50, 50), (65, 110, 150)]):
-        foci |= _ball((z, y, x), 5.0)
+        foci |= _ball((z, y, x), 7.0)              # 14 mm: above the small-focus size
     hu[foci] = -500
     inv = classify_lesions(hu, foci, SPACING)
     assert inv.excluded == [] and inv.counted.sum() == foci.sum()
@@ -114,6 +114,19 @@ def test_nodule_touching_pneumonia_is_not_isolated() -> None:
     hu[nodule | patch] = -400
     inv = classify_lesions(hu, nodule | patch, SPACING)
     assert inv.counted.sum() == (nodule | patch).sum()
+
+
+def test_isolated_small_focus_is_not_counted_but_one_near_a_patch_is() -> None:
+    hu, left, right, lobes = _chest()
+    focus = np.zeros(SHAPE, bool)
+    focus[30:33, 60:62, 40:52] = True                # 6 x 2 x 12 mm streak, isolated
+    near = _ball((60, 80, 140), 3.0)                 # 6 mm, 4 mm from a patch
+    patch = np.zeros(SHAPE, bool)
+    patch[55:66, 87:95, 110:170] = True
+    hu[focus | near | patch] = -500
+    inv = classify_lesions(hu, focus | near | patch, SPACING)
+    assert [c.kind for c in inv.excluded] == ["small_focus"]
+    assert inv.counted.sum() == (near | patch).sum()
 
 
 def test_specks_are_not_counted() -> None:
