@@ -1,6 +1,8 @@
 """Typed settings for the node, validated once at start-up.
 
-config.yaml at the repository root is the embedded default. Every key is a field of a
+config.yaml at the repository root is the embedded default; it is installed with the package as
+node/default_config.yaml (a symlink in the checkout, a copy in a wheel), so an installed node
+runs as well as a checkout. Every key is a field of a
 pydantic model with ``extra="forbid"``, so a misspelt or unknown key stops the node with a
 message naming it. Defaults live only here and in config.yaml (which states them all).
 """
@@ -14,7 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "default_config.yaml"
 
 _AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no '\'
 
@@ -32,6 +34,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ReceiverTlsSettings(_Strict):
+    """DICOM TLS on the receiver (``network.tls``); PEM files."""
+
+    certificate: Path
+    key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> "ReceiverTlsSettings":
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates (the CA that "
+                             "signs the clients' certificates)")
+        return self
+
+
+class DestinationTlsSettings(_Strict):
+    """DICOM TLS to one destination (``destinations[].tls``); PEM files."""
+
+    ca_certificates: Path
+    certificate: Path | None = None
+    key: Path | None = None
+    server_hostname: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> "DestinationTlsSettings":
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("certificate and key go together (the node's client certificate)")
+        return self
+
+
 class NetworkSettings(_Strict):
     ae_title: str = "LUNGNODE"
     bind_address: str = "127.0.0.1"
@@ -42,6 +75,8 @@ class NetworkSettings(_Strict):
     dimse_timeout_s: float = Field(60, gt=0)
     network_timeout_s: float = Field(120, gt=0)
     max_pdu_bytes: int = Field(131072, ge=0)
+    pdu_timeout_s: float = Field(10, gt=0)
+    tls: ReceiverTlsSettings | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -54,6 +89,7 @@ class NetworkSettings(_Strict):
 class StorageSettings(_Strict):
     root: Path = Path("./var")
     min_free_mb: int = Field(512, ge=0)
+    max_instance_mb: int = Field(2048, ge=1)
     retention_days: float = Field(30, gt=0)
 
 
@@ -63,8 +99,13 @@ class SeriesSettings(_Strict):
 
 class SelectionSettings(_Strict):
     modalities: tuple[str, ...] = ("CT",)
-    required_image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL")
-    excluded_image_type: tuple[str, ...] = ("LOCALIZER",)
+    required_image_type: tuple[str, ...] = ()
+    excluded_image_type: tuple[str, ...] = (
+        "LOCALIZER", "SCOUT", "TOPOGRAM", "MIP", "MINIP", "MNIP", "MAXIP", "PROJECTION IMAGE",
+        "CURVED", "CPR",
+    )
+    accept_derived_axial: bool = False
+    max_tilt_from_axial_deg: float = Field(30.0, ge=0, le=90)
     max_slice_thickness_mm: float = Field(5.0, gt=0)
     min_slices: int = Field(30, ge=1)
 
@@ -97,6 +138,7 @@ class Destination(_Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: DestinationTlsSettings | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -164,9 +206,11 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
 def load_settings(path: Path | None = None, overrides: dict | None = None) -> Settings:
     """Read, merge overrides into and validate a config file.
 
-    ``overrides`` is a nested dict of keys to replace (the CLI flags). Relative
-    ``storage.root`` is resolved against the config file's directory.
+    ``overrides`` is a nested dict of keys to replace (the CLI flags). A relative
+    ``storage.root`` is resolved against the config file's directory, or against the current
+    directory for the embedded default (an installed package's folder is no place for data).
     """
+    embedded = path is None
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
         raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -185,11 +229,44 @@ def load_settings(path: Path | None = None, overrides: dict | None = None) -> Se
         raise ConfigError(_format_validation_error(str(config_path), exc)) from exc
     root = Path(settings.storage.root)
     if not root.is_absolute():
-        root = (config_path.resolve().parent / root).resolve()
+        base = Path.cwd() if embedded else config_path.resolve().parent
+        root = (base / root).resolve()
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"root": root})}
         )
-    return settings
+    return _resolve_tls_files(settings, Path.cwd() if embedded else config_path.resolve().parent,
+                              str(config_path))
+
+
+_TLS_FILE_KEYS = ("certificate", "key", "ca_certificates")
+
+
+def _resolve_tls_files(settings: Settings, base: Path, source: str) -> Settings:
+    """Relative TLS file paths resolve against ``base`` (the config file's folder); every
+    one must be a readable file (the error names the key)."""
+
+    def resolved(tls, key_prefix: str):
+        update = {}
+        for name in _TLS_FILE_KEYS:
+            value = getattr(tls, name)
+            if value is None:
+                continue
+            path = Path(value) if Path(value).is_absolute() else (base / value).resolve()
+            if not path.is_file():
+                raise ConfigError(f"invalid configuration in {source}:\n"
+                                  f"  {key_prefix}.{name}: file not found: {path}")
+            update[name] = path
+        return tls.model_copy(update=update)
+
+    network = settings.network
+    if network.tls is not None:
+        network = network.model_copy(update={"tls": resolved(network.tls, "network.tls")})
+    destinations = tuple(
+        d.model_copy(update={"tls": resolved(d.tls, f"destinations.{i}.tls")})
+        if d.tls is not None else d
+        for i, d in enumerate(settings.destinations)
+    )
+    return settings.model_copy(update={"network": network, "destinations": destinations})
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

@@ -304,6 +304,8 @@ def load_series(paths: Sequence[Path], *, require_valid_uids: bool = True) -> Lo
 def _read_header(path: Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for _ in ds.iterall():  # pydicom decodes lazily: a bad VR or value raises here, not later
+            pass
     except InvalidDicomError as exc:
         raise VolumeError(f"{path.name}: not a DICOM file ({exc})") from exc
     except FileNotFoundError as exc:
