@@ -187,3 +187,36 @@ def test_findings_are_typed_in_measurements_json() -> None:
     codes = {(f["code"], f["region"]) for f in doc["quality_findings"]}
     assert ("dense_lung", "right_lung") in codes
     assert any(f.startswith("dense_lung: right lung") for f in doc["quality_flags"])
+
+
+def test_quality_codes_reach_the_sr(tmp_path) -> None:
+    from pathlib import Path
+
+    from dicom_validation import DCIODVFY, dciodvfy_errors
+    from node.outputs.seg import build_seg
+    from node.outputs.sr import build_sr
+    from node.volume import load_series
+    from quant.hu_split import split_lesion
+
+    cip = Path("/work/shared/data/chest_imaging_platform_ct64/ct-64Dicom")
+    if not cip.is_dir():
+        pytest.skip("shared/data is not mounted")
+    series = load_series(sorted(cip.glob("*.dcm")))
+    hu = series.volume.hu
+    x = np.arange(hu.shape[2])[None, None, :]
+    left = (hu > -1000) & (hu < -400) & (x >= hu.shape[2] // 2)
+    right = (hu > -200) & (hu < 100) & (x < hu.shape[2] // 2)   # a "lung" of soft tissue
+    masks = Masks(lung_left=left, lung_right=right, lesion=np.zeros(hu.shape, bool),
+                  engine="threshold", lobes_unavailable_reason="not computed in this test")
+    ggo, cons = split_lesion(hu, masks.lesion, -750.0, -350.0)
+    m = measure(series.volume, masks, split=(ggo, cons))
+    assert ("dense_lung", "right_lung") in {(f.code.value, f.region) for f in m.quality_findings}
+    seg = build_seg(series, masks, ggo, cons, series_number=901, revision=1, software_version="t")
+    sr = build_sr(series, seg, m, series_number=902, revision=1, software_version="t")
+    texts = [str(item.TextValue) for item in sr.ContentSequence[-1].ContentSequence
+             if "TextValue" in item]
+    assert any(t.startswith("dense_lung: right lung") for t in texts)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    if DCIODVFY is not None:
+        assert dciodvfy_errors(path) == []
