@@ -248,12 +248,18 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configured(destination: Destination, settings) -> Destination:
+    """``AE@host:port`` given on the command line, with the settings (``tls``) of the
+    configured destination of that name, if there is one."""
+    return next((d for d in settings.destinations if str(d) == str(destination)), destination)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from node.sender import send_files
 
     settings = load_settings(args.config)
     _configure_logging(settings.logging.level, args.verbose)
-    destination = Destination.parse(args.to)
+    destination = _configured(Destination.parse(args.to), settings)
     if args.path.is_dir():
         files, skipped = _dicom_files(args.path)
         if skipped:
@@ -281,7 +287,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     _configure_logging(settings.logging.level, args.verbose)
-    destination = Destination.parse(args.peer)
+    destination = _configured(Destination.parse(args.peer), settings)
     status = echo(destination, settings)
     if status is None:
         print(f"C-ECHO {destination}: no association (peer down, refused, or wrong AE title)")
