@@ -99,8 +99,13 @@ class SeriesSettings(_Strict):
 
 class SelectionSettings(_Strict):
     modalities: tuple[str, ...] = ("CT",)
-    required_image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL")
-    excluded_image_type: tuple[str, ...] = ("LOCALIZER",)
+    required_image_type: tuple[str, ...] = ()
+    excluded_image_type: tuple[str, ...] = (
+        "LOCALIZER", "SCOUT", "TOPOGRAM", "MIP", "MINIP", "MNIP", "MAXIP", "PROJECTION IMAGE",
+        "CURVED", "CPR",
+    )
+    accept_derived_axial: bool = False
+    max_tilt_from_axial_deg: float = Field(30.0, ge=0, le=90)
     max_slice_thickness_mm: float = Field(5.0, gt=0)
     min_slices: int = Field(30, ge=1)
 
