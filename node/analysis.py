@@ -82,7 +82,8 @@ def analyze_series(
     log.info("series %s rev %d: %d slices loaded", series_uid, revision, shape[0])
 
     analysis = settings.analysis
-    masks = segment(series.volume, engine=analysis.engine, device=analysis.device)
+    masks = segment(series.volume, engine=analysis.engine, device=analysis.device,
+                    lung_engine=analysis.lung_engine)
     lap("segment_s")
     ggo, consolidation = split_lesion(
         series.volume.hu, masks.lesion, analysis.ggo_min_hu, analysis.consolidation_min_hu

@@ -124,12 +124,14 @@ class Node:
                      " and outbox" if with_outbox else "")
         return purged
 
-    def stop(self) -> None:
+    def stop(self, job_grace_s: float = 30) -> None:
+        """Stop receiving and polling; a job still running after ``job_grace_s`` is handed
+        back to the queue (no crash counted) and runs again at the next start."""
         if self._started:
             self.receiver.stop()
             self.tracker.stop()
             self.retention.stop()
-            self.worker.stop()
+            self.worker.stop(job_grace_s)
             self.sender.stop()
             self.store.close()
             self._started = False

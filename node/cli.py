@@ -2,6 +2,7 @@
 
 lungnode run [--config FILE] [--ae-title T] [--port N] [--storage DIR] [--destination AE@host:port ...]
 lungnode analyze <dicom-dir> --out <dir> [--config FILE] [--engine unet|threshold]
+                 [--lung-engine net|classical]
 lungnode phantom --out <dir> [--seed N]
 lungnode send <path> --to AE@host:port
 lungnode echo AE@host:port
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--config", type=Path, help="config file (analysis settings)")
     analyze.add_argument(
         "--engine", choices=("unet", "threshold"), help="override analysis.engine for this run"
+    )
+    analyze.add_argument(
+        "--lung-engine", choices=("net", "classical"), help="override analysis.lung_engine for this run"
     )
 
     phantom = commands.add_parser("phantom", help="write a synthetic chest CT series with truth.json")
@@ -137,7 +141,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), overrides)
 
 
-THIRD_PARTY_LOGGERS = ("apscheduler", "highdicom", "pynetdicom", "pydicom")
+THIRD_PARTY_LOGGERS = ("highdicom", "pynetdicom", "pydicom", "apscheduler")
 
 
 def _configure_logging(level: str, verbose: bool) -> None:
@@ -167,9 +171,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from segmentation.engine import EngineUnavailable, check_engine
 
     try:
-        check_engine(settings.analysis.engine, settings.analysis.device)
+        check_engine(settings.analysis.engine, settings.analysis.device, settings.analysis.lung_engine)
     except EngineUnavailable as exc:
-        print(f"lungnode run: analysis.engine: {exc}", file=sys.stderr)
+        print(f"lungnode run: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     node = Node(settings)
@@ -218,7 +222,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from node.worker import OutputError
     from segmentation.engine import EngineUnavailable
 
-    overrides = {"analysis": {"engine": args.engine}} if args.engine else None
+    analysis_overrides = {key: value for key, value in
+                          (("engine", args.engine), ("lung_engine", args.lung_engine)) if value}
+    overrides = {"analysis": analysis_overrides} if analysis_overrides else None
     settings = load_settings(args.config, overrides)
     _configure_logging("WARNING", args.verbose)
     if not args.dicom_dir.is_dir():
@@ -265,12 +271,18 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configured(destination: Destination, settings) -> Destination:
+    """``AE@host:port`` given on the command line, with the settings (``tls``) of the
+    configured destination of that name, if there is one."""
+    return next((d for d in settings.destinations if str(d) == str(destination)), destination)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from node.sender import send_files
 
     settings = load_settings(args.config)
     _configure_logging(settings.logging.level, args.verbose)
-    destination = Destination.parse(args.to)
+    destination = _configured(Destination.parse(args.to), settings)
     if args.path.is_dir():
         files, skipped = _dicom_files(args.path)
         if skipped:
@@ -298,7 +310,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     _configure_logging(settings.logging.level, args.verbose)
-    destination = Destination.parse(args.peer)
+    destination = _configured(Destination.parse(args.peer), settings)
     status = echo(destination, settings)
     if status is None:
         print(f"C-ECHO {destination}: no association (peer down, refused, or wrong AE title)")
@@ -321,9 +333,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from segmentation.engine import EngineUnavailable, check_engine
 
     try:
-        check_engine(settings.analysis.engine, settings.analysis.device)
+        check_engine(settings.analysis.engine, settings.analysis.device, settings.analysis.lung_engine)
     except EngineUnavailable as exc:
-        print(f"analysis.engine: {exc}", file=sys.stderr)
+        print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     print(settings_as_yaml(settings), end="")
     print("# configuration is valid", file=sys.stderr)

@@ -112,6 +112,7 @@ class SelectionSettings(_Strict):
 
 class AnalysisSettings(_Strict):
     engine: Literal["threshold", "unet"] = "unet"
+    lung_engine: Literal["net", "classical"] = "net"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ggo_min_hu: float = -750.0
     consolidation_min_hu: float = -350.0

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import pydicom
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 
 from node import tls
 from node.ae import configured_ae
@@ -90,11 +91,16 @@ class SendReport:
 class _Negotiation:
     """What the peer answered to the association request (from EVT_ACSE_RECV)."""
 
-    primitive: object | None = None
+    primitive: object | None = None  # the A-ASSOCIATE response (accept or reject)
+    peer_aborted: bool = False  # an A-ABORT / A-P-ABORT came from the peer
 
     def record(self, event) -> None:
-        if hasattr(event.primitive, "result") and self.primitive is None:
-            self.primitive = event.primitive
+        if hasattr(event.primitive, "result"):
+            if self.primitive is None:
+                self.primitive = event.primitive
+        else:
+            self.peer_aborted = self.peer_aborted or isinstance(event.primitive,
+                                                                (A_ABORT, A_P_ABORT))
 
 
 def _set_nodelay(event) -> None:
@@ -133,10 +139,10 @@ def association_failure(assoc, destination: Destination, negotiation: _Negotiati
             for cx in assoc.rejected_contexts
         ) or "no context"
         return (f"{destination} accepted no presentation context ({refused})", True)
-    if assoc.is_aborted:
-        return f"association with {destination} aborted", False
-    return (f"cannot reach {destination} (down, unreachable or no answer within "
-            f"{assoc.ae.connection_timeout or assoc.ae.acse_timeout} s)", False)
+    if rsp is not None or negotiation.peer_aborted:
+        return f"association with {destination} aborted by the peer", False
+    return (f"cannot reach {destination} (connection refused, unreachable, or no answer "
+            f"within {assoc.acse_timeout or assoc.ae.acse_timeout:g} s)", False)
 
 
 def echo(destination: Destination, settings: Settings) -> int | None:

@@ -2,9 +2,12 @@
 
     .venv/bin/python scripts/evaluate_lobes.py [--data DIR] [--timing] [--json FILE]
 
-Prints per-lobe Dice for each reference, the lobe volume fractions on LIDC-IDRI-0001 and,
-with --timing, the run time of segment_lobes on a 300 x 512 x 512 volume (LIDC resampled to
-300 slices). Caveats (also printed):
+Prints per-lobe Dice for each reference; on the real whole chest CTs LIDC-IDRI-0001 and
+COVID-CT-MD normal002 (no lobe labels) the lobe volume fractions, which model each lung used
+(bronchial / fissure / geometric) and the boundary shape (plane residual, largest axial patch;
+see segmentation/lobe_geometry.py) of this method and of the planar geometric model; with
+--timing, the run time of segment_lobes on a 300 x 512 x 512 volume (LIDC resampled to 300
+slices; benchmarks/lobes.py compares it with another revision). Caveats (also printed):
 
 - No reference here is human ground truth on a full chest CT. TotalSegmentator's map is a
   model output on a 3 mm scan that holds only the lung bases (a few thousand lobe voxels, no
@@ -17,8 +20,9 @@ with --timing, the run time of segment_lobes on a 300 x 512 x 512 volume (LIDC r
 - TotalSegmentator: 3 mm slices -> fissures are not searched (geometric fallback); the lungs
   are cut by the field of view, so the model's extents are guesses; orientation is passed in
   from the NIfTI header.
-- LIDC-IDRI-0001 has no lobe labels; the geometric model's four constants were set on this
-  very case's lobe fractions, so its fractions are a consistency check, not a validation.
+- LIDC-IDRI-0001 and normal002 have no lobe labels; the geometric model's four constants were
+  set on LIDC's lobe fractions, so its fractions there are a consistency check, not a
+  validation. The bronchial model has no constant fitted to any of these cases' lobes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from segmentation.lobe_geometry import (  # noqa: E402
+    boundary_points_mm,
+    largest_axial_patch,
+    plane_residual_mm,
+)
 from segmentation.lobes import segment_lobes  # noqa: E402
 from segmentation.types import LOBE_KEYS, Lobe, Volume  # noqa: E402
 
@@ -102,9 +111,16 @@ def ts_reference(data: Path) -> dict:
 
 
 def load_lidc(folder: Path) -> Volume:
+    """A plain axial series folder (LIDC, COVID-CT-MD) as an LPS Volume (z ascending = cranial).
+
+    Only the identity axial orientation (1,0,0,0,1,0) is accepted: it already is LPS.
+    """
     import pydicom
 
     ds = [pydicom.dcmread(str(f)) for f in sorted(folder.glob("*.dcm"))]
+    for d in ds:
+        if [round(float(v)) for v in d.ImageOrientationPatient] != [1, 0, 0, 0, 1, 0]:
+            raise ValueError(f"{folder}: not an identity axial orientation: {d.ImageOrientationPatient}")
     ds.sort(key=lambda d: float(d.ImagePositionPatient[2]))
     hu = np.stack([d.pixel_array.astype(np.float32) * float(d.RescaleSlope) + float(d.RescaleIntercept)
                    for d in ds]).astype(np.int16)
@@ -112,18 +128,36 @@ def load_lidc(folder: Path) -> Volume:
     return Volume(hu, (dz, float(ds[0].PixelSpacing[0]), float(ds[0].PixelSpacing[1])))
 
 
-def lidc_check(data: Path, timing: bool) -> dict:
+BOUNDARIES = {"left_major": ({Lobe.LEFT_UPPER}, {Lobe.LEFT_LOWER}),
+              "right_major": ({Lobe.RIGHT_UPPER, Lobe.RIGHT_MIDDLE}, {Lobe.RIGHT_LOWER}),
+              "right_horizontal": ({Lobe.RIGHT_UPPER}, {Lobe.RIGHT_MIDDLE})}
+
+
+def boundary_shape(labels: np.ndarray, spacing) -> dict:
+    out = {}
+    for name, (a, b) in BOUNDARIES.items():
+        area, frac = largest_axial_patch(labels, a, b, spacing)
+        out[name] = {"plane_residual_mm": plane_residual_mm(boundary_points_mm(labels, a, b, spacing)),
+                     "largest_axial_patch_mm2": area, "largest_axial_patch_fraction": frac}
+    return out
+
+
+def real_check(folder: Path, timing: bool) -> dict:
     from segmentation.lungs import segment_lungs
 
-    vol = load_lidc(data / "lidc_idri_chest_ct_dicom" / "LIDC-IDRI-0001_full_series")
+    vol = load_lidc(folder)
     lungs = segment_lungs(vol)
     t0 = time.perf_counter()
     res = segment_lobes(vol, lungs.left, lungs.right)
     secs = time.perf_counter() - t0
     total = int((res.labels > 0).sum())
+    geo = segment_lobes(vol, lungs.left, lungs.right, use_airways=False)
     out = {"shape": vol.hu.shape, "seconds": secs, "cranial_end": res.cranial_end,
            "fractions_pct": {LOBE_KEYS[lb]: 100.0 * int((res.labels == lb).sum()) / total for lb in Lobe},
-           "confidence": res.confidence, "method": res.method, "notes": res.notes}
+           "confidence": res.confidence, "method": res.method, "notes": res.notes,
+           "shape_this": boundary_shape(res.labels, vol.spacing_mm),
+           "shape_geometric": boundary_shape(geo.labels, vol.spacing_mm),
+           "dice_vs_geometric": per_lobe_dice(res.labels, geo.labels)}
     if timing:  # 300 x 512 x 512: LIDC resampled (nearest) to 300 slices of 1.11 mm
         idx = (np.arange(300) * vol.hu.shape[0] / 300).astype(int)
         big = Volume(vol.hu[idx], (vol.spacing_mm[0] * vol.hu.shape[0] / 300, *vol.spacing_mm[1:]))
@@ -131,6 +165,24 @@ def lidc_check(data: Path, timing: bool) -> dict:
         segment_lobes(big, lungs.left[idx], lungs.right[idx])
         out["seconds_300x512x512"] = time.perf_counter() - t0
     return out
+
+
+def _print_real(name: str, r: dict) -> None:
+    print(f"== {name} (no lobe labels): lobe fractions of total lung volume, %")
+    print("  " + "  ".join(f"{k}={v:.1f}" for k, v in r["fractions_pct"].items()))
+    print("  anatomy: right_upper ~20, right_middle ~8-10, right_lower ~25, left_upper ~22-25, left_lower ~20-22")
+    print(f"  method {r['method']}")
+    print(f"  confidence {r['confidence']}")
+    print(f"  notes {r['notes']}")
+    print("  boundary shape: plane residual mm / largest axial patch (cm^2, fraction of the boundary)")
+    for model in ("this", "geometric"):
+        print(f"    {model:<10} " + "  ".join(
+            f"{k}: {v['plane_residual_mm']:.1f} mm / {v['largest_axial_patch_mm2'] / 100:.1f} cm2 "
+            f"({v['largest_axial_patch_fraction']:.2f})" for k, v in r[f"shape_{model}"].items()))
+    print(f"  Dice of this method vs the geometric model: {_fmt(r['dice_vs_geometric'])}")
+    print(f"  segment_lobes {r['seconds']:.2f} s on {r['shape']}")
+    if "seconds_300x512x512" in r:
+        print(f"  segment_lobes {r['seconds_300x512x512']:.2f} s on (300, 512, 512)")
 
 
 def _fmt(d: dict[str, float | None]) -> str:
@@ -145,25 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     results = {"cip": cip_reference(args.data), "totalsegmentator": ts_reference(args.data),
-               "lidc": lidc_check(args.data, args.timing)}
-    cip, ts, lidc = results["cip"], results["totalsegmentator"], results["lidc"]
+               "lidc": real_check(args.data / "lidc_idri_chest_ct_dicom" / "LIDC-IDRI-0001_full_series",
+                                  args.timing),
+               "normal002": real_check(args.data / "covid_ct_md_samples" / "normal002", False)}
+    cip, ts = results["cip"], results["totalsegmentator"]
     print("== CIP interactive lobe map (48 mm slab, semi-automatic; geometric fallback only, lung = union)")
     print(f"  assumed slab span {cip['assumed_span']}: {_fmt(cip['dice'])}")
     for span, d in cip["sweep"].items():
         print(f"    span {span}: {_fmt(d)}")
     print(f"  slab taken as the whole lung (no span given): {_fmt(cip['dice_own_extent'])}")
-    print("== TotalSegmentator example (model output, 3 mm, lung bases only; geometric fallback)")
+    print("== TotalSegmentator example (model output, 3 mm, lung bases only, no trachea: geometric fallback)")
     print(f"  {_fmt(ts['dice'])}")
     print(f"  reference voxels: {ts['ref_voxels']}")
     print(f"  predicted voxels: {ts['pred_voxels']}")
-    print("== LIDC-IDRI-0001 (no lobe labels): lobe fractions of total lung volume, %")
-    print("  " + "  ".join(f"{k}={v:.1f}" for k, v in lidc["fractions_pct"].items()))
-    print("  anatomy: right_upper ~20, right_middle ~8-10, right_lower ~25, left_upper ~22-25, left_lower ~20-22")
-    print(f"  confidence {lidc['confidence']}")
-    print(f"  notes {lidc['notes']}")
-    print(f"  segment_lobes {lidc['seconds']:.2f} s on {lidc['shape']}")
-    if "seconds_300x512x512" in lidc:
-        print(f"  segment_lobes {lidc['seconds_300x512x512']:.2f} s on (300, 512, 512)")
+    print(f"  notes {ts['notes']}")
+    _print_real("LIDC-IDRI-0001 (2.5 mm)", results["lidc"])
+    _print_real("COVID-CT-MD normal002 (2 mm)", results["normal002"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0

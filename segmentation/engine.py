@@ -8,33 +8,52 @@ from segmentation.lungs import segment_lungs
 from segmentation.types import Masks, Volume
 
 ENGINES = ("threshold", "unet")
+LUNG_ENGINES = ("net", "classical")
 
 
 class EngineUnavailable(RuntimeError):
     """The requested lesion engine cannot run in this installation (bad input, no retry)."""
 
 
-def check_engine(engine: str, device: str = "auto") -> None:
-    """Raise EngineUnavailable (or ValueError) unless ``engine`` can run here.
+def check_engine(engine: str, device: str = "auto", lung_engine: str = "net") -> None:
+    """Raise EngineUnavailable (or ValueError) unless ``engine`` and ``lung_engine`` can run here.
 
-    For ``unet`` this loads the weights once (checksum verified) and picks the device, so a
-    node with a corrupt weights file or ``device: cuda`` without a GPU stops at start-up.
+    For ``unet`` / ``net`` this loads the weights once (checksum verified) and picks the
+    device, so a node with a corrupt weights file or ``device: cuda`` without a GPU stops at
+    start-up.
     """
+    if lung_engine not in LUNG_ENGINES:
+        raise ValueError(f"unknown lung engine {lung_engine!r} (expected one of {LUNG_ENGINES})")
+    if lung_engine == "net":
+        from segmentation.lung_engine import DEFAULT_WEIGHTS as LUNG_WEIGHTS
+        from segmentation.lung_engine import get_lung_engine
+
+        if not LUNG_WEIGHTS.is_file():
+            raise EngineUnavailable(f"analysis.lung_engine: no weights for lung engine 'net' at {LUNG_WEIGHTS}")
+        try:
+            get_lung_engine(None, device)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise EngineUnavailable(f"analysis.lung_engine: lung engine 'net' cannot start: {exc}") from exc
     if engine not in ENGINES:
         raise ValueError(f"unknown lesion engine {engine!r} (expected one of {ENGINES})")
     if engine == "unet":
         from segmentation.unet_engine import DEFAULT_WEIGHTS, get_engine
 
         if not DEFAULT_WEIGHTS.is_file():
-            raise EngineUnavailable(f"no weights for engine 'unet' at {DEFAULT_WEIGHTS}")
+            raise EngineUnavailable(f"analysis.engine: no weights for engine 'unet' at {DEFAULT_WEIGHTS}")
         try:
             get_engine(None, device)
         except (RuntimeError, OSError, ValueError) as exc:
-            raise EngineUnavailable(f"engine 'unet' cannot start: {exc}") from exc
+            raise EngineUnavailable(f"analysis.engine: engine 'unet' cannot start: {exc}") from exc
 
 
-def segment(volume: Volume, engine: str = "threshold", device: str = "auto") -> Masks:
+def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
+            lung_engine: str = "net") -> Masks:
     """Segment lungs (left/right) and lesions of ``volume``.
+
+    lung_engine: "net" (LungNet, segmentation.lung_engine; weights shipped in
+        segmentation/weights) or "classical" (segmentation.lungs, thresholds and morphology:
+        the documented fallback).
 
     engine: "unet" (COVID-Lesion Net, segmentation.unet_engine; weights shipped in
         segmentation/weights) or "threshold" (classical, segmentation.lesions_threshold).
@@ -42,8 +61,13 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto") -> 
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
-    check_engine(engine, device)
-    lungs = segment_lungs(volume)
+    check_engine(engine, device, lung_engine)
+    if lung_engine == "net":
+        from segmentation.lung_engine import segment_lungs_net
+
+        lungs = segment_lungs_net(volume, device=device)
+    else:
+        lungs = segment_lungs(volume)
     lung = lungs.left | lungs.right
     if engine == "unet":
         from segmentation.unet_engine import segment_lesions_unet
@@ -63,6 +87,7 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto") -> 
         lung_right=lungs.right,
         lesion=lesion & lung,
         engine=engine,
+        lung_engine=lung_engine,
         lobes=lobes.labels,
         lobe_confidence=dict(lobes.confidence),
         notes=notes,

@@ -362,6 +362,29 @@ def segment_lungs(volume) -> LungMasks:
     return LungMasks(left=left, right=right, threshold_hu=threshold, airway=airway, notes=notes)
 
 
+def airway_mask(volume) -> tuple[np.ndarray, list[str]]:
+    """The airway tree of ``volume`` on its grid (steps 1-3 of the module docstring: trachea
+    found, grown below -950 HU) and notes; an empty mask and a note when no trachea is found.
+    Used by the lung network engine to remove the trachea and main bronchi."""
+    full_shape = volume.hu.shape
+    f = _factors(volume.spacing_mm)
+    spacing = tuple(s * k for s, k in zip(volume.spacing_mm, f))
+    hu = _downsample(volume.hu, f)
+    body = _body_mask(hu)
+    if not body.any():
+        return np.zeros(full_shape, bool), ["no body found: airways not removed"]
+    threshold = float(np.clip(_otsu(hu[body]), *THRESHOLD_CLAMP_HU))
+    air = body & (hu < threshold)
+    trachea = _find_trachea(air, body, spacing)
+    if trachea is None:
+        return np.zeros(full_shape, bool), ["trachea not found: airways not removed"]
+    smooth = ndi.gaussian_filter(hu, sigma=(0.5, 1.0, 1.0))
+    airway = _grow_airways(smooth, body, trachea, float(np.prod(spacing)) / 1000.0)
+    if f != (1, 1, 1):
+        airway = _upsample(airway, f, full_shape)
+    return airway, []
+
+
 def _refine(hu_full, threshold, f, left, right, airway, add):
     """Map working-grid masks to the input grid; the boundary band follows the full threshold."""
     shape = hu_full.shape

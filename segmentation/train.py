@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from segmentation.lesion_synth import ALL_PATTERNS, PATTERNS, synthesize_lesions
+from segmentation.lesion_synth import ALL_PATTERNS, DENSE_FAMILY, PATTERNS, add_mimics, synthesize_lesions
 from segmentation.medseg import calibrate_to_hu, load_medseg, model_grid_shape
 from segmentation.unet import CovidLesionNet, normalise_hu
 
@@ -108,7 +108,7 @@ def make_host(name, hu, spacing, labels=None, z_range=None) -> Host | None:
                 lab_g[sl] if lab_g is not None else None)
 
 
-def load_hosts(root: Path) -> list[Host]:
+def load_hosts(root: Path, exclude: tuple[str, ...] = ()) -> list[Host]:
     import SimpleITK as sitk
 
     srcs = [
@@ -121,6 +121,9 @@ def load_hosts(root: Path) -> list[Host]:
     ]
     hosts = []
     for name, p, zr in srcs:
+        if name in exclude:
+            print(f"  host {name}: excluded (--exclude-hosts)", flush=True)
+            continue
         if not p.exists():
             print(f"  host {name}: missing ({p}), skipped", flush=True)
             continue
@@ -175,8 +178,16 @@ def _crop_at(a: np.ndarray, cy: int, cx: int, size: int, fill: float) -> np.ndar
     return out
 
 
-def slab_sample(host: Host, rng: np.random.Generator, synth: bool, patterns: tuple = PATTERNS):
-    """(3, SLAB, SLAB) HU and (SLAB, SLAB) labels from a host."""
+def slab_sample(host: Host, rng: np.random.Generator, synth: bool, patterns: tuple = PATTERNS,
+                pattern_weights: tuple | None = None, mimic_fraction: float = 0.0,
+                vessels_not_lesion: bool = False):
+    """(3, SLAB, SLAB) HU and (SLAB, SLAB) labels from a host.
+
+    With ``pattern_weights`` (one per pattern) the pattern is drawn here with those weights and
+    dense-family lesions cover at least 8% of the slab's lung (a dense focus smaller than that
+    would be a nodule). ``mimic_fraction``: share of slabs that first get normal-lung mimics
+    (``lesion_synth.add_mimics``: nodules, granulomas, dependent density, subpleural lines),
+    labelled background. Both default to the original behaviour (same random stream)."""
     nz = host.hu.shape[0]
     k = max(1, int(round(NEIGHBOUR_MM / host.dz)))
     zl = np.nonzero(host.lung.any((1, 2)))[0]
@@ -188,17 +199,29 @@ def slab_sample(host: Host, rng: np.random.Generator, synth: bool, patterns: tup
     lung = _crop_at(host.lung[zi], cy, cx, SLAB, False)
     if host.labels is not None:
         return hu, _crop_at(host.labels[z], cy, cx, SLAB, 0)
+    spacing = (host.dz * k, PIXEL_MM, PIXEL_MM)
+    if mimic_fraction > 0 and lung.sum() >= 50 and rng.random() < mimic_fraction:
+        hu = add_mimics(hu, lung, spacing, rng)
     if not synth or lung.sum() < 50:
         return hu, np.zeros((SLAB, SLAB), np.uint8)
     lung_ml = lung.sum() * PIXEL_MM * PIXEL_MM * host.dz * k / 1000.0
-    frac = math.exp(rng.uniform(math.log(0.03), math.log(0.9)))
-    out, lab = synthesize_lesions(hu, lung, (host.dz * k, PIXEL_MM, PIXEL_MM), rng, frac * lung_ml,
-                                  patterns=patterns)
+    pattern = None
+    lo = 0.03
+    if pattern_weights is not None:
+        w = np.asarray(pattern_weights, float)
+        pattern = patterns[int(rng.choice(len(patterns), p=w / w.sum()))]
+        if pattern in DENSE_FAMILY:
+            lo = 0.08
+    frac = math.exp(rng.uniform(math.log(lo), math.log(0.9)))
+    out, lab = synthesize_lesions(hu, lung, spacing, rng, frac * lung_ml,
+                                  pattern=pattern, patterns=patterns,
+                                  vessels_not_lesion=vessels_not_lesion)
     return out, lab[1]
 
 
 def build_pool(hosts: list[Host], site: list[Host], rng: np.random.Generator, n: int,
-               patterns: tuple = PATTERNS):
+               patterns: tuple = PATTERNS, pattern_weights: tuple | None = None,
+               mimic_fraction: float = 0.0, vessels_not_lesion: bool = False):
     weights = np.array([h.lung.any((1, 2)).sum() for h in hosts], float)
     weights /= weights.sum()
     X = np.zeros((n, 3, SLAB, SLAB), np.float16)
@@ -210,7 +233,8 @@ def build_pool(hosts: list[Host], site: list[Host], rng: np.random.Generator, n:
             x, y = slab_sample(h, rng, False)
         else:
             h = hosts[rng.choice(len(hosts), p=weights)]
-            x, y = slab_sample(h, rng, rng.random() < 0.8, patterns)
+            x, y = slab_sample(h, rng, rng.random() < 0.8, patterns, pattern_weights, mimic_fraction,
+                               vessels_not_lesion)
         X[i], Y[i] = x, y
     return X, Y
 
@@ -333,16 +357,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth-patterns", default=",".join(PATTERNS),
                     help=f"lesion patterns drawn (uniformly) for the synthetic slabs, comma-separated "
                          f"from {','.join(ALL_PATTERNS)}; default: the four original ones")
+    ap.add_argument("--pattern-weights", default=None,
+                    help="comma-separated weights, one per --synth-patterns entry (default: uniform)")
+    ap.add_argument("--mimic-fraction", type=float, default=0.0,
+                    help="share of synthetic slabs that first get normal-lung mimics (nodules, "
+                         "granulomas, dependent density, subpleural lines; labelled background)")
+    ap.add_argument("--max-train-seconds", type=float, default=None,
+                    help="stop training after this many seconds (the weights so far are saved; "
+                         "the steps actually run are recorded)")
+    ap.add_argument("--vessels-not-lesion", action="store_true",
+                    help="label vessels / bronchial walls crossing synthetic GGO as background")
+    ap.add_argument("--exclude-hosts", default="",
+                    help="comma-separated host names not to use (e.g. totalseg_example_ct, whose "
+                         "classical lung mask takes bowel gas)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--no-eval", action="store_true")
     args = ap.parse_args(argv)
     patterns = tuple(p.strip() for p in args.synth_patterns.split(",") if p.strip())
     bad = [p for p in patterns if p not in ALL_PATTERNS]
     if bad or not patterns:
         ap.error(f"--synth-patterns: unknown {bad} (choose from {','.join(ALL_PATTERNS)})")
+    pattern_weights = None
+    if args.pattern_weights:
+        try:
+            pattern_weights = tuple(float(v) for v in args.pattern_weights.split(","))
+        except ValueError:
+            ap.error("--pattern-weights: not a comma-separated list of numbers")
+        if len(pattern_weights) != len(patterns) or min(pattern_weights) < 0 or sum(pattern_weights) <= 0:
+            ap.error(f"--pattern-weights: need {len(patterns)} non-negative weights, one per pattern")
 
     from segmentation.unet_engine import UNetLesionEngine, pick_device
 
     t0 = time.time()
+    torch.set_num_threads(max(1, args.threads))
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -355,11 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[train] device {device}, seed {args.seed}, data {root}", flush=True)
     ms = medseg_train_set(root / "medseg_covid19_100slices_infnet")
     print(f"[train] MedSeg train slices: {len(ms.gray)} (Inf-Net train split)", flush=True)
-    hosts = load_hosts(root)
+    exclude = tuple(h.strip() for h in args.exclude_hosts.split(",") if h.strip())
+    hosts = load_hosts(root, exclude)
     site = load_site_data(Path(args.site_data)) if args.site_data else []
     t = time.time()
     print(f"[train] synthetic lesion patterns: {', '.join(patterns)}", flush=True)
-    PX, PY = build_pool(hosts, site, rng, args.pool, patterns)
+    PX, PY = build_pool(hosts, site, rng, args.pool, patterns, pattern_weights, args.mimic_fraction,
+                        args.vessels_not_lesion)
     print(f"[train] slab pool {len(PX)} ({time.time() - t:.0f}s), lesion px fraction "
           f"{(PY > 0).mean():.3f}", flush=True)
 
@@ -375,7 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     net.train()
     t_train = time.time()
     run = 0.0
+    steps_run = 0
     for step in range(total):
+        if args.max_train_seconds is not None and time.time() - t_train > args.max_train_seconds:
+            print(f"[train] time bound {args.max_train_seconds:.0f}s reached at step {step}/{total}: "
+                  "stopping", flush=True)
+            break
+        steps_run = step + 1
         xs, ys = [], []
         for j in range(BATCH):
             if j < BATCH // 2:
@@ -407,6 +462,19 @@ def main(argv: list[str] | None = None) -> int:
              "crop": CROP, "site_data": bool(site), "classes": ["background", "ggo", "consolidation"]}
     if patterns != PATTERNS:  # only when changed, so default runs stay byte-identical
         extra["synth_patterns"] = list(patterns)
+    if pattern_weights is not None:
+        extra["pattern_weights"] = list(pattern_weights)
+    if args.mimic_fraction:
+        extra["mimic_fraction"] = args.mimic_fraction
+    if args.vessels_not_lesion:
+        extra["vessels_not_lesion"] = True
+    if exclude:
+        extra["exclude_hosts"] = list(exclude)
+    if args.init:
+        extra["init_sha256"] = init.sha256
+        extra["lr"] = args.lr
+    if steps_run != total:
+        extra["steps_run"] = steps_run
     out = Path(args.out)
     digest = save_weights(net, out, extra)
     print(f"[train] weights {out / 'covid_lesion_net.pt'} sha256 {digest} ({train_s:.0f}s training)", flush=True)

@@ -91,6 +91,7 @@ class Masks:
         lobes_unavailable_reason says why (it is reported, never turned into zeros).
     lobe_confidence: per lobe key (LOBE_KEYS values) "high" | "low" when lobes exist.
     engine: the lesion engine that produced ``lesion`` ("threshold" | "unet").
+    lung_engine: the lung engine that produced the lungs ("net" | "classical").
     notes: quality remarks from the segmentation (e.g. "lungs touch: split by fallback").
     """
 
@@ -99,6 +100,7 @@ class Masks:
     lesion: np.ndarray
     engine: str
     lobes: np.ndarray | None = None
+    lung_engine: str = "classical"
     lobes_unavailable_reason: str | None = None
     lobe_confidence: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

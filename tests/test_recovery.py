@@ -99,3 +99,35 @@ def test_kill9_while_analysing_completes_exactly_once(tmp_path):
         assert pydicom.dcmread(outbox / "1" / "sc.dcm")
     finally:
         child.stop()
+
+
+def test_a_job_that_kills_the_process_twice_is_failed_with_the_reason(tmp_path):
+    """kill -9 during analysis, twice: the third start fails the job (no re-queue on every
+    restart), the series too, and ``lungnode status`` says why."""
+    root, flag = tmp_path / "root", tmp_path / "flag"  # no flag: the analysis never finishes
+    child = Child(root, flag)
+    files = make_series(tmp_path / "s", 4)
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    from peers import storescu
+    assert storescu(files, child.port).returncode == 0
+    store = StateStore(root / "lungnode.sqlite3")
+    for attempt in (1, 2):
+        wait_until(lambda n=attempt: [j for j in store.jobs_for_series(uid)
+                                      if j.state == JOB_RUNNING and j.attempts == n], 60,
+                   what=f"job running, attempt {attempt}")
+        child.kill9()
+        child = Child(root, flag)
+    try:
+        (job,) = wait_until(lambda: (js := store.jobs_for_series(uid)) and js[0].state == "failed"
+                            and js, 30, what="job failed after two crashes")
+        assert job.crashes == 2 and job.attempts == 2
+        assert "stopped 2 times while analysing" in job.reason
+        assert store.series(uid).state == "failed"
+        assert not (root / "completed.log").exists()
+        status = subprocess.run([sys.executable, "-m", "node.cli", "status", "--storage",
+                                 str(root)], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=120)
+        assert status.returncode == 0 and "stopped 2 times while analysing" in status.stdout
+    finally:
+        child.stop()
+        store.close()

@@ -119,3 +119,30 @@ def test_retention_removes_spool_of_finished_series_and_keeps_measurements(node_
     assert node.store.latest_result(uid) is not None          # measurements stay
     assert (node.spool.outbox_path(uid, 1) / "sc.dcm").is_file()  # no destinations: kept
     assert node.apply_retention(now=series.last_instance_at + 3 * 86400) == 0  # once only
+
+
+def test_clean_stop_hands_a_running_job_back_without_counting_a_crash(tmp_path):
+    """A stop while a job runs (analysis blocked here) puts it back in the queue: the next
+    start runs it as attempt 1, crash count 0."""
+    root = tmp_path / "node"
+    node = Node(make_settings(root), analyze=RecordingAnalysis(block_on=tmp_path / "never"),
+                bad_input_errors=(FakeVolumeError,))
+    node.start()
+    files = make_series(tmp_path / "s", 4)
+    uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    try:
+        assert storescu(files, node.port).returncode == 0
+        wait_until(lambda: [j for j in node.store.jobs_for_series(uid) if j.state == "running"],
+                   15, what="job running")
+    finally:
+        node.stop(job_grace_s=0.2)
+    again = Node(make_settings(root), analyze=RecordingAnalysis(),
+                 bad_input_errors=(FakeVolumeError,))
+    again.start()
+    try:
+        series = _series_state(again, uid, SERIES_DONE)
+        (job,) = again.store.jobs_for_series(uid)
+        assert job.state == JOB_DONE and job.attempts == 1 and job.crashes == 0
+        assert series.revision == 1
+    finally:
+        again.stop()
