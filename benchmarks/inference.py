@@ -8,6 +8,9 @@ The volume is the real LIDC-IDRI-0001 series (133 x 512 x 512, 2.5 mm) resampled
 - unet lesions: UNetLesionEngine.predict(volume, lung) (weights loaded beforehand, once).
 
     .venv/bin/python benchmarks/inference.py [--device auto|cpu|cuda] [--slices 300]
+    .venv/bin/python benchmarks/inference.py --stages [--slices 300]   # per-stage times of a
+        whole analysis (load, lungs, lobes, lesions, quant, outputs) on CPU and CUDA when
+        present: see benchmarks/stages.py
 """
 
 from __future__ import annotations
@@ -48,7 +51,14 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
+    ap.add_argument("--stages", action="store_true",
+                    help="per-stage times of a whole analysis (benchmarks/stages.py)")
     args = ap.parse_args(argv)
+    if args.stages:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from stages import main as stages_main
+
+        return stages_main(["--slices", str(args.slices)])
 
     import torch
 

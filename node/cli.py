@@ -9,6 +9,7 @@ lungnode echo AE@host:port
 lungnode status
 lungnode check-config
 lungnode evaluate medseg <dir> [--json FILE] [--split all|val|train] [--engine unet|threshold]
+lungnode evaluate slices <series-dir> --labels FILE.csv --subject NAME [--json FILE]
 lungnode export-training <ct-dir> <seg.dcm> --out <site-data-dir> [--name N] [--ggo-segment N ...]
 lungnode train [--epochs N] [--out DIR] [--seed S] [--device auto|cpu|cuda] [--site-data DIR]
 
@@ -95,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="measure the lesion engine against labelled data (see: evaluate medseg -h)"
     )
-    evaluate.add_argument("dataset", choices=("medseg",), help="layout of the labelled folder")
+    evaluate.add_argument("dataset", choices=("medseg", "slices"),
+                          help="medseg: labelled slices folder; slices: a series + labels.csv")
     evaluate.add_argument("rest", nargs=argparse.REMAINDER, help="<dir> [--json FILE] [--split ...]")
 
     train = commands.add_parser("train", help="train COVID-Lesion Net (python -m segmentation.train)")
@@ -273,12 +275,18 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configured(destination: Destination, settings) -> Destination:
+    """``AE@host:port`` given on the command line, with the settings (``tls``) of the
+    configured destination of that name, if there is one."""
+    return next((d for d in settings.destinations if str(d) == str(destination)), destination)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from node.sender import send_files
 
     settings = load_settings(args.config)
     _configure_logging(settings.logging.level, args.verbose)
-    destination = Destination.parse(args.to)
+    destination = _configured(Destination.parse(args.to), settings)
     if args.path.is_dir():
         files, skipped = _dicom_files(args.path)
         if skipped:
@@ -306,7 +314,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     _configure_logging(settings.logging.level, args.verbose)
-    destination = Destination.parse(args.peer)
+    destination = _configured(Destination.parse(args.peer), settings)
     status = echo(destination, settings)
     if status is None:
         print(f"C-ECHO {destination}: no association (peer down, refused, or wrong AE title)")
@@ -373,6 +381,10 @@ def _series_uid_of(path: Path) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.dataset == "slices":
+        from node.evaluate_slices import main as evaluate_slices
+
+        return evaluate_slices(args.rest)
     from segmentation.evaluate_medseg import main as evaluate_medseg
 
     return evaluate_medseg(args.rest)
@@ -405,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_train(argparse.Namespace(rest=argv[1:]))
     if argv[:2] == ["evaluate", "medseg"]:
         return cmd_evaluate(argparse.Namespace(dataset="medseg", rest=argv[2:]))
+    if argv[:2] == ["evaluate", "slices"]:
+        from node.evaluate_slices import main as evaluate_slices
+
+        return evaluate_slices(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -7,6 +7,14 @@ reason; refused bytes are quarantined, never dropped.
 Duplicates (same SOP Instance UID): identical bytes → success, nothing changes; different
 bytes → the new version replaces the old one atomically (``os.replace``), the row is updated
 and the series is reopened (a corrected resend is the newer truth; results get a new revision).
+
+Network exposure (``_Server.get_request``, node.pdu_guard): every PDU length is checked
+before its body is read (over the limit: A-ABORT), a started PDU must arrive within
+``network.pdu_timeout_s``, the TLS handshake (``network.tls``) runs on the connection's own
+thread, and a connection gone before its A-ASSOCIATE-RQ frees its association slot at once.
+An instance over ``storage.max_instance_mb`` is refused with 0xA700 and nothing of it is
+kept. Every association leaves one INFO line (node.association_log). The only hook below
+pynetdicom's public API is node._pynetdicom_adapter (pinned to one pynetdicom version).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ import numpy as np
 from quant.ct_score import ct_score_equivalent, involved_lobes, lobe_score
 from quant.hu_distribution import hellinger_distance, histogram_iou, load_reference, lung_histogram
 from quant.hu_split import split_lesion
+from quant.involvement import classify_lesions
+from quant.quality import assess
 from quant.measurements import LobeMeasurement, Measurements, RegionMeasurement
 from segmentation.types import LOBE_KEYS, Masks, Volume
 
@@ -49,6 +51,11 @@ def measure(volume: Volume, masks: Masks, ggo_min_hu: float = -750.0,
             volume_ml=r_ml, lesion_volume_ml=ml(lesion & region), ggo_volume_ml=ml(ggo & region),
             consolidation_volume_ml=ml(cons & region), lesion_pct=_pct(ml(lesion & region), r_ml))
 
+    involvement = classify_lesions(volume.hu, lesion, volume.spacing_mm)
+    counted = involvement.counted
+    findings = assess(volume.hu, masks.lung_left, masks.lung_right, lesion, volume.spacing_mm,
+                      consolidation_min_hu)
+
     lobes = None
     ct_score = None
     n_involved = None
@@ -62,14 +69,17 @@ def measure(volume: Volume, masks: Masks, ggo_min_hu: float = -750.0,
             region = masks.lobes == int(lobe)
             l_ml = ml(region)
             pct = _pct(ml(lesion & region), l_ml)
-            score = None if pct is None else lobe_score(min(pct, 100.0), lobe_involvement_floor_pct)
+            counted_pct = _pct(ml(counted & region), l_ml)
+            score = (None if counted_pct is None
+                     else lobe_score(min(counted_pct, 100.0), lobe_involvement_floor_pct))
             if pct is None:
                 flags.append(f"lobe {key}: volume is zero, score not computed")
             else:
-                pcts.append(pct)
+                pcts.append(counted_pct)
             lobes[key] = LobeMeasurement(volume_ml=l_ml, lesion_volume_ml=ml(lesion & region),
                                          lesion_pct=pct, score=score,
-                                         confidence=masks.lobe_confidence.get(key))
+                                         confidence=masks.lobe_confidence.get(key),
+                                         involvement_pct=counted_pct)
         if all(v.score is not None for v in lobes.values()):
             ct_score = int(sum(v.score for v in lobes.values()))
         else:
@@ -95,5 +105,24 @@ def measure(volume: Volume, masks: Masks, ggo_min_hu: float = -750.0,
         ct_score_equivalent=None if lesion_pct is None else ct_score_equivalent(lesion_pct),
         involved_lobes=n_involved, hellinger_distance=hellinger, iou_vs_reference=iou,
         regions=regions, lobes=lobes, engine=masks.engine,
-        quality_flags=flags + [f"segmentation: {n}" for n in masks.notes],
-        ggo_min_hu=ggo_min_hu, consolidation_min_hu=consolidation_min_hu)
+        quality_flags=(flags + [f"{f.code.value}: {f.message}" for f in findings]
+                       + _excluded_notes(involvement)
+                       + [f"segmentation: {n}" for n in masks.notes]),
+        ggo_min_hu=ggo_min_hu, consolidation_min_hu=consolidation_min_hu,
+        quality_findings=findings, excluded_lesions=involvement.excluded)
+
+
+def _excluded_notes(involvement) -> list[str]:
+    """One remark per kind of lesion component left out of the involvement decision."""
+    notes = [f"involvement: {n}" for n in involvement.notes]
+    by_kind: dict[str, list] = {}
+    for c in involvement.excluded:
+        by_kind.setdefault(c.kind, []).append(c)
+    for kind in ("nodule", "calcified", "small_focus", "speck"):
+        items = by_kind.get(kind, [])
+        if items:
+            total = sum(c.volume_ml for c in items)
+            largest = max(c.equivalent_diameter_mm for c in items)
+            notes.append(f"involvement: {len(items)} {kind} component(s) ({total:.2f} ml, up to "
+                         f"{largest:.0f} mm) not counted toward lobe scores")
+    return notes

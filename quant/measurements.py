@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from quant.involvement import LesionComponent
+from quant.quality import QualityFinding
+
 
 @dataclass(frozen=True)
 class RegionMeasurement:
@@ -27,6 +30,9 @@ class LobeMeasurement:
     lesion_pct: float | None
     score: int | None          # 0-5 as in the reference study
     confidence: str | None     # "high" | "low" from the lobe method
+    # percent of the lobe that counts toward its score: the lesion without nodule-like,
+    # calcified and speck components (quant.involvement); None when lesion_pct is None
+    involvement_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class Measurements:
     quality_flags: list[str] = field(default_factory=list)
     ggo_min_hu: float = -750.0
     consolidation_min_hu: float = -350.0
+    # typed quality flags (quant.quality.QualityCode); their messages are also in quality_flags
+    quality_findings: list[QualityFinding] = field(default_factory=list)
+    # lesion components left out of lobe scores / CT score / involved lobes (quant.involvement)
+    excluded_lesions: list[LesionComponent] = field(default_factory=list)
 
     def to_json_dict(self) -> dict:
         """The measurements.json document (keys are a contract, see issue 2)."""

@@ -106,7 +106,11 @@ def test_measure_with_lobes_and_empty_lung():
     masks = Masks(left, right, lesion, "threshold", lobes=lobes)
     m = measure(volume, masks)
     assert m.ct_score is not None and 0 <= m.ct_score <= 25
-    assert m.involved_lobes == 2      # lesions only in right lobes 3 (z1) and 5 (z2)
+    # lesions only in right lobes 3 (z1) and 4 (z2) ...
+    assert [k for k, v in m.lobes.items() if v.lesion_pct] == ["right_upper", "right_middle"]
+    # ... but the whole lesion is one 3 mm focus: a speck, not pneumonia (quant.involvement)
+    assert m.involved_lobes == 0 and m.ct_score == 0
+    assert [c.kind for c in m.excluded_lesions] == ["speck"]
     empty = np.zeros(volume.hu.shape, bool)
     m0 = measure(volume, Masks(empty, empty, empty, "threshold"))
     assert m0.lung_volume_ml == 0 and m0.lesion_pct is None and m0.ct_score_equivalent is None

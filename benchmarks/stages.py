@@ -1,0 +1,155 @@
+"""Per-stage times of one whole analysis: load, lungs, lobes, lesions, quant, outputs.
+
+Runs on the real LIDC-IDRI-0001 DICOM series (133 x 512 x 512); with ``--slices N`` (N != 133)
+a copy resampled along z to N slices is written as DICOM first (not timed), so "load" decodes
+N real files. Each stage calls the node's own functions in the order the analysis does:
+
+- load: node.volume.load_series (decode, geometry checks, canonical LPS reorientation);
+- lungs: segmentation.lungs.segment_lungs; lobes: segmentation.lobes.segment_lobes;
+- lesions: the engine's lesion step (unet: UNetLesionEngine.predict, weights loaded before);
+- segment(): segmentation.engine.segment end to end (what the node runs; includes the above);
+- quant: quant.hu_split.split_lesion + quant.measure.measure;
+- outputs: node.outputs build_seg + build_sr, encoded to bytes.
+
+On CPU always; on CUDA too when torch sees a GPU (else it says so).
+
+    .venv/bin/python benchmarks/stages.py [--slices 300] [--engine unet|threshold]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+LIDC = "lidc_idri_chest_ct_dicom/LIDC-IDRI-0001_full_series"
+
+
+def series_files(n_slices: int, tmp: Path) -> list[Path]:
+    import pydicom
+    from pydicom.uid import generate_uid
+    from scipy import ndimage as ndi
+
+    root = Path(os.environ.get("LUNGNODE_TEST_DATA", REPO.parent / "shared" / "data"))
+    files = sorted((root / LIDC).glob("*.dcm"))
+    if n_slices == len(files):
+        return files
+    headers = sorted((pydicom.dcmread(p) for p in files), key=lambda d: float(d.ImagePositionPatient[2]))
+    stored = np.stack([d.pixel_array for d in headers]).astype(np.float32)
+    z0 = float(headers[0].ImagePositionPatient[2])
+    dz = (float(headers[-1].ImagePositionPatient[2]) - z0) / (len(headers) - 1)
+    new = ndi.zoom(stored, (n_slices / len(headers), 1, 1), order=1, grid_mode=True, mode="nearest")
+    step = dz * len(headers) / n_slices
+    series_uid = generate_uid()
+    out = []
+    for k in range(n_slices):
+        ds = headers[0].copy()
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        z = z0 + k * step
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], round(z, 4)]
+        ds.SliceLocation = round(z, 4)
+        ds.InstanceNumber = k + 1
+        ds.PixelData = np.rint(new[k]).astype(headers[0].pixel_array.dtype).tobytes()
+        path = tmp / f"{k:04d}.dcm"
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+def run(files: list[Path], engine: str, device: str) -> dict[str, float]:
+    import torch
+
+    from node import __version__
+    from node.outputs.seg import build_seg
+    from node.outputs.sr import build_sr
+    from node.volume import load_series
+    from quant.hu_split import split_lesion
+    from quant.measure import measure
+    from segmentation.engine import segment
+    from segmentation.lesions_threshold import segment_lesions_threshold
+    from segmentation.lobes import segment_lobes
+    from segmentation.lungs import segment_lungs
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    series = load_series(files)
+    vol = series.volume
+    times["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lungs = segment_lungs(vol)
+    lung = lungs.left | lungs.right
+    times["lungs"] = time.perf_counter() - t
+    t = time.perf_counter()
+    segment_lobes(vol, lungs.left, lungs.right)
+    times["lobes"] = time.perf_counter() - t
+    if engine == "unet":
+        from segmentation.unet_engine import get_engine
+
+        eng = get_engine(None, device)
+        sync()
+        t = time.perf_counter()
+        eng.predict(vol, lung)
+        sync()
+    else:
+        t = time.perf_counter()
+        segment_lesions_threshold(vol.hu, lung, vol.spacing_mm)
+    times["lesions"] = time.perf_counter() - t
+    t = time.perf_counter()
+    masks = segment(vol, engine=engine, device=device)
+    sync()
+    times["segment() end to end"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ggo, cons = split_lesion(vol.hu, masks.lesion, -750.0, -350.0)
+    m = measure(vol, masks, split=(ggo, cons))
+    times["quant"] = time.perf_counter() - t
+    t = time.perf_counter()
+    seg = build_seg(series, masks, ggo, cons, series_number=901, revision=1,
+                    software_version=__version__)
+    sr = build_sr(series, seg, m, series_number=902, revision=1, software_version=__version__)
+    for ds in (seg, sr):
+        ds.save_as(io.BytesIO(), enforce_file_format=True)
+    times["outputs"] = time.perf_counter() - t
+    return times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--engine", default="unet", choices=("unet", "threshold"))
+    args = ap.parse_args(argv)
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory(prefix="lungnode-bench-") as tmp:
+        files = series_files(args.slices, Path(tmp))
+        print(f"series: {len(files)} slices of 512 x 512 (LIDC-IDRI-0001"
+              f"{'' if args.slices == 133 else ', resampled along z'}); engine {args.engine}; "
+              f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+        if "cuda" not in devices:
+            print("CUDA: not available here (torch.cuda.is_available() is False): CPU figures only")
+        for device in devices:
+            times = run(files, args.engine, device)
+            print(f"-- {device}")
+            for stage, seconds in times.items():
+                print(f"  {stage:22s} {seconds:7.2f} s")
+            whole = times["load"] + times["segment() end to end"] + times["quant"] + times["outputs"]
+            print(f"  {'whole analysis':22s} {whole:7.2f} s  (load + segment() + quant + outputs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

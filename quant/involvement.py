@@ -1,0 +1,172 @@
+"""Pneumonia, not nodules: which lesion components count toward lobe involvement.
+
+The lobe score (0-5), the CT score (0-25) and the number of involved lobes describe the
+extent of pneumonia (COVID-19 / viral pneumonia: ground glass, crazy paving, consolidation).
+A solitary pulmonary nodule or a calcified granuloma is another finding, and the lesion mask
+may hold one (a lesion model sees "dense focus in the lung"). Each 3-D connected component of
+the lesion mask (26-connectivity) is therefore classified, and only the ``pneumonia``
+components count for lobe scores, the CT score and involved lobes. Lesion volumes and
+percents (and the SEG) keep every lesion voxel; what was excluded is listed in
+measurements.json (``excluded_lesions``) and in the SR's quality remarks.
+
+Rules, in order (sizes in mm, so anisotropic voxels are handled):
+
+1. ``calcified``: at least ``CALCIFIED_FRACTION`` (50 %) of the component's voxels are above
+   ``CALCIFIED_MIN_HU`` (+200 HU). Pneumonia never reaches that density (consolidation is
+   about -100..+100 HU, +150 with contrast); calcified granulomas, calcified nodes and
+   contrast-filled vessels do. Any size.
+2. ``speck``: equivalent-sphere diameter below ``SPECK_DIAMETER_MM`` (4 mm, 0.034 ml). Below
+   the size a reader scores as an opacity (the smallest nodule category of the Fleischner
+   guidelines starts at 6 mm) and mostly mask noise.
+3. ``nodule``: a compact, isolated, nodule-sized focus, all of: equivalent diameter at most
+   ``NODULE_MAX_DIAMETER_MM`` (30 mm: above it a focal lesion is a mass, and a pneumonic
+   patch of that size is scored); elongation (longest / shortest principal axis of the
+   component's second moments) at most ``NODULE_MAX_ELONGATION`` (2.0; pneumonic GGO is
+   patchy, band-like or subpleural-crescentic); filling at least ``NODULE_MIN_FILL`` (0.55)
+   of its moment-equivalent ellipsoid (a solid, round focus fills ~0.9-1.0, a crescent or a
+   branching patch much less); and no other lesion voxel within ``ISOLATION_MM`` (10 mm) of
+   it (pneumonia is multifocal and confluent; a nodule sits alone in aerated lung). These
+   are excluded only when there are at most ``MAX_SOLITARY_NODULES`` (4) of them: many
+   compact foci are read as multifocal opacities and all count (then a note says so).
+4. ``small_focus``: an isolated focus (same 10 mm isolation) under
+   ``SMALL_FOCUS_DIAMETER_MM`` (10 mm, 0.52 ml) of any shape: a sub-centimetre opacity alone in
+   aerated lung is a micronodule, a vessel or bronchial-wall segment, or mask noise, not the
+   patchy GGO / consolidation the CT score grades (on 2.5 mm slices such foci span 2-4
+   slices, so their shape figures are not reliable enough for rule 3). Any number of them.
+5. everything else is ``pneumonia``.
+
+Limits: a single round pneumonic focus (e.g. an early "round pneumonia" or a reversed-halo
+lesion) under 30 mm alone in the lungs is excluded as a nodule; a nodule that touches a
+pneumonic patch counts as pneumonia. Both are rare against what the score measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+CALCIFIED_MIN_HU = 200.0
+CALCIFIED_FRACTION = 0.5
+SPECK_DIAMETER_MM = 4.0
+NODULE_MAX_DIAMETER_MM = 30.0
+NODULE_MAX_ELONGATION = 2.0
+NODULE_MIN_FILL = 0.55
+ISOLATION_MM = 10.0
+MAX_SOLITARY_NODULES = 4
+SMALL_FOCUS_DIAMETER_MM = 10.0
+
+KINDS = ("calcified", "speck", "nodule", "small_focus", "pneumonia")
+
+
+@dataclass(frozen=True)
+class LesionComponent:
+    """One connected lesion component and how it was classified (``kind`` in KINDS)."""
+
+    kind: str
+    volume_ml: float
+    equivalent_diameter_mm: float
+    elongation: float
+    ellipsoid_fill: float
+    calcified_fraction: float
+    isolated: bool
+    centroid_zyx: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Involvement:
+    """``counted``: lesion voxels that count toward lobe involvement (a subset of the lesion).
+    ``components``: every component that was excluded (kind != "pneumonia"), largest first.
+    ``notes``: remarks (e.g. many compact foci kept as multifocal)."""
+
+    counted: np.ndarray
+    excluded: list[LesionComponent]
+    n_components: int
+    notes: list[str]
+
+
+def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
+                     spacing_mm: tuple[float, float, float]) -> Involvement:
+    """Classify the connected components of ``lesion`` (see the module docstring)."""
+    if hu.shape != lesion.shape:
+        raise ValueError(f"hu {hu.shape} and lesion {lesion.shape} differ in shape")
+    lesion = lesion.astype(bool, copy=False)
+    labels, n = ndi.label(lesion, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return Involvement(lesion.copy(), [], 0, [])
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    idx = np.nonzero(labels)
+    lab = labels[idx]
+    count = np.bincount(lab, minlength=n + 1).astype(np.float64)
+    calcified = np.bincount(lab, weights=(hu[idx] > CALCIFIED_MIN_HU), minlength=n + 1)
+    coords = [idx[a].astype(np.float64) * spacing[a] for a in range(3)]
+    mean = [np.bincount(lab, weights=c, minlength=n + 1) / np.maximum(count, 1) for c in coords]
+    cov = np.zeros((n + 1, 3, 3))
+    for a in range(3):
+        da = coords[a] - mean[a][lab]
+        for b in range(a, 3):
+            db = coords[b] - mean[b][lab]
+            cov[:, a, b] = cov[:, b, a] = np.bincount(lab, weights=da * db, minlength=n + 1)
+    cov /= np.maximum(count, 1)[:, None, None]
+    # a voxel is a box, not a point: add its own second moment so single voxels are not flat
+    cov += np.diag(spacing ** 2 / 12.0)[None]
+    eig = np.clip(np.linalg.eigvalsh(cov), 1e-9, None)          # ascending
+    semi = np.sqrt(5.0 * eig)                                    # solid-ellipsoid semi-axes
+    ellipsoid_ml = 4.0 / 3.0 * np.pi * semi.prod(axis=1) / 1000.0
+    volume_ml = count * voxel_ml
+    diameter = (6.0 * volume_ml * 1000.0 / np.pi) ** (1.0 / 3.0)
+    elongation = semi[:, 2] / semi[:, 0]
+    fill = volume_ml / np.maximum(ellipsoid_ml, 1e-12)
+    calc_frac = calcified / np.maximum(count, 1)
+
+    kind = np.array(["pneumonia"] * (n + 1), dtype=object)
+    kind[calc_frac >= CALCIFIED_FRACTION] = "calcified"
+    speck = (diameter < SPECK_DIAMETER_MM) & (kind == "pneumonia")
+    kind[speck] = "speck"
+    compact = ((kind == "pneumonia") & (diameter <= NODULE_MAX_DIAMETER_MM)
+               & (elongation <= NODULE_MAX_ELONGATION) & (fill >= NODULE_MIN_FILL))
+    compact[0] = False
+    small = (kind == "pneumonia") & (diameter < SMALL_FOCUS_DIAMETER_MM)
+    small[0] = False
+    isolated = np.zeros(n + 1, bool)
+    objects = ndi.find_objects(labels)
+    pad = np.ceil(ISOLATION_MM / spacing).astype(int)
+    for i in np.flatnonzero(compact | small):
+        sl = objects[i - 1]
+        box = tuple(slice(max(0, s.start - p), min(dim, s.stop + p))
+                    for s, p, dim in zip(sl, pad, labels.shape))
+        sub = labels[box]
+        others = (sub != 0) & (sub != i)
+        if not others.any():
+            isolated[i] = True
+            continue
+        dist = ndi.distance_transform_edt(sub != i, sampling=spacing)
+        isolated[i] = not (others & (dist <= ISOLATION_MM)).any()
+    nodules = np.flatnonzero(compact & isolated & ~small)
+    notes = []
+    if nodules.size > MAX_SOLITARY_NODULES:
+        notes.append(f"{nodules.size} compact isolated lesion foci (> {MAX_SOLITARY_NODULES}): "
+                     "read as multifocal opacities, all counted toward involvement")
+    else:
+        kind[nodules] = "nodule"
+    kind[np.flatnonzero(small & isolated)] = "small_focus"
+
+    counted_ids = np.flatnonzero(kind == "pneumonia")
+    keep = np.zeros(n + 1, bool)
+    keep[counted_ids] = True
+    keep[0] = False
+    counted = keep[labels]
+    excluded = []
+    for i in np.flatnonzero(kind != "pneumonia"):
+        if i == 0:
+            continue
+        excluded.append(LesionComponent(
+            kind=str(kind[i]), volume_ml=float(volume_ml[i]),
+            equivalent_diameter_mm=float(diameter[i]), elongation=float(elongation[i]),
+            ellipsoid_fill=float(fill[i]), calcified_fraction=float(calc_frac[i]),
+            isolated=bool(isolated[i]),
+            centroid_zyx=tuple(int(round(mean[a][i] / spacing[a])) for a in range(3))))
+    excluded.sort(key=lambda c: -c.volume_ml)
+    return Involvement(counted, excluded, int(n), notes)

@@ -1,0 +1,222 @@
+"""Issue 6 items 5 and 6: nodules and granulomas do not make a lobe involved; typed quality
+flags for dense lungs, lung/lesion disagreement and lungs too small for the body."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quant.involvement import classify_lesions
+from quant.measure import measure
+from quant.quality import QualityCode, assess
+from segmentation.types import Lobe, Masks, Volume
+
+SPACING = (2.0, 1.0, 1.0)
+SHAPE = (80, 160, 200)
+
+
+def _ball(center_zyx, radius_mm, shape=SHAPE, spacing=SPACING) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, center_zyx, spacing))
+    return d2 <= radius_mm ** 2
+
+
+def _chest():
+    """Body (soft tissue) with two box lungs of aerated parenchyma and simple lobes."""
+    hu = np.full(SHAPE, -1000, np.int16)
+    hu[:, 10:150, 10:190] = 40                      # body
+    right = np.zeros(SHAPE, bool)
+    left = np.zeros(SHAPE, bool)
+    right[5:75, 30:130, 25:95] = True
+    left[5:75, 30:130, 105:175] = True
+    hu[right | left] = -850
+    z = np.arange(SHAPE[0])[:, None, None]
+    lobes = np.zeros(SHAPE, np.uint8)
+    lobes[left & (z >= 40)] = Lobe.LEFT_UPPER
+    lobes[left & (z < 40)] = Lobe.LEFT_LOWER
+    lobes[right & (z >= 50)] = Lobe.RIGHT_UPPER
+    lobes[right & (z >= 30) & (z < 50)] = Lobe.RIGHT_MIDDLE
+    lobes[right & (z < 30)] = Lobe.RIGHT_LOWER
+    return hu, left, right, lobes
+
+
+def _measure(hu, left, right, lobes, lesion):
+    masks = Masks(lung_left=left, lung_right=right, lesion=lesion & (left | right),
+                  engine="threshold", lobes=lobes,
+                  lobe_confidence={k: "high" for k in ("left_upper", "left_lower", "right_upper",
+                                                       "right_middle", "right_lower")})
+    return measure(Volume(hu, SPACING), masks)
+
+
+def test_solitary_nodule_does_not_involve_a_lobe() -> None:
+    hu, left, right, lobes = _chest()
+    nodule = _ball((60, 80, 140), 8.0)               # 16 mm solid nodule, left upper lobe
+    hu[nodule] = 30
+    m = _measure(hu, left, right, lobes, nodule)
+    assert m.lesion_volume_ml == pytest.approx(nodule.sum() * 0.002)   # still measured
+    assert m.lobes["left_upper"].lesion_pct > 0.1
+    assert m.lobes["left_upper"].involvement_pct == 0
+    assert m.involved_lobes == 0 and m.ct_score == 0
+    assert [c.kind for c in m.excluded_lesions] == ["nodule"]
+    assert any("1 nodule component" in f for f in m.quality_flags)
+    doc = json.loads(json.dumps(m.to_json_dict()))
+    assert doc["excluded_lesions"][0]["kind"] == "nodule"
+
+
+def test_calcified_granuloma_is_excluded_even_next_to_pneumonia() -> None:
+    hu, left, right, lobes = _chest()
+    granuloma = _ball((20, 60, 60), 3.0)             # right lower lobe, 6 mm, +600 HU
+    hu[granuloma] = 600
+    patch = np.zeros(SHAPE, bool)                    # irregular GGO band next to it
+    patch[14:28, 66:74, 30:90] = True                # 2 mm gap: a separate component
+    hu[patch] = -600
+    m = _measure(hu, left, right, lobes, granuloma | patch)
+    kinds = {c.kind for c in m.excluded_lesions}
+    assert kinds == {"calcified"}
+    assert m.lobes["right_lower"].involvement_pct == pytest.approx(
+        100 * patch[lobes == Lobe.RIGHT_LOWER].sum() / (lobes == Lobe.RIGHT_LOWER).sum())
+    assert m.involved_lobes == 1
+
+
+def test_pneumonic_patches_count() -> None:
+    hu, left, right, lobes = _chest()
+    # a subpleural crescent-like band (elongated) and a large confluent patch
+    band = np.zeros(SHAPE, bool)
+    band[10:35, 120:128, 30:90] = True
+    big = _ball((55, 80, 140), 20.0) & left          # 40 mm: above nodule size
+    hu[band | big] = -550
+    m = _measure(hu, left, right, lobes, band | big)
+    assert m.excluded_lesions == []
+    assert m.involved_lobes >= 2
+    assert m.lobes["left_upper"].score >= 1 and m.lobes["right_lower"].score >= 1
+
+
+def test_many_compact_foci_are_read_as_multifocal_pneumonia() -> None:
+    hu, left, right, lobes = _chest()
+    foci = np.zeros(SHAPE, bool)
+    for i, (z, y, x) in enumerate([(15, 50, 40), (15, 100, 80), (45, 60, 120), (45, 110, 160),
+                                   (65, 50, 50), (65, 110, 150)]):
+        foci |= _ball((z, y, x), 7.0)              # 14 mm: above the small-focus size
+    hu[foci] = -500
+    inv = classify_lesions(hu, foci, SPACING)
+    assert inv.excluded == [] and inv.counted.sum() == foci.sum()
+    assert "multifocal" in inv.notes[0]
+
+
+def test_nodule_touching_pneumonia_is_not_isolated() -> None:
+    hu, left, right, lobes = _chest()
+    nodule = _ball((60, 80, 140), 6.0)
+    patch = np.zeros(SHAPE, bool)
+    patch[50:70, 90:96, 110:170] = True               # 5 mm from the nodule's surface
+    patch &= ~nodule
+    hu[nodule | patch] = -400
+    inv = classify_lesions(hu, nodule | patch, SPACING)
+    assert inv.counted.sum() == (nodule | patch).sum()
+
+
+def test_isolated_small_focus_is_not_counted_but_one_near_a_patch_is() -> None:
+    hu, left, right, lobes = _chest()
+    focus = np.zeros(SHAPE, bool)
+    focus[30:33, 60:62, 40:52] = True                # 6 x 2 x 12 mm streak, isolated
+    near = _ball((60, 80, 140), 3.0)                 # 6 mm, 4 mm from a patch
+    patch = np.zeros(SHAPE, bool)
+    patch[55:66, 87:95, 110:170] = True
+    hu[focus | near | patch] = -500
+    inv = classify_lesions(hu, focus | near | patch, SPACING)
+    assert [c.kind for c in inv.excluded] == ["small_focus"]
+    assert inv.counted.sum() == (near | patch).sum()
+
+
+def test_specks_are_not_counted() -> None:
+    hu, left, right, lobes = _chest()
+    speck = np.zeros(SHAPE, bool)
+    speck[40, 60, 50] = speck[20, 100, 150] = True
+    inv = classify_lesions(hu, speck, SPACING)
+    assert {c.kind for c in inv.excluded} == {"speck"} and not inv.counted.any()
+
+
+# --- quality flags ------------------------------------------------------------------------
+
+
+def _codes(findings) -> set[tuple[QualityCode, str]]:
+    return {(f.code, f.region) for f in findings}
+
+
+def test_clean_chest_has_no_quality_findings() -> None:
+    hu, left, right, _ = _chest()
+    lesion = _ball((40, 80, 60), 10.0)
+    assert assess(hu, left, right, lesion, SPACING) == []
+
+
+def test_dense_lung_is_flagged() -> None:
+    hu, left, right, _ = _chest()
+    hu[right & (np.arange(SHAPE[1])[None, :, None] >= 60)] = 20   # 70% of the right lung dense
+    findings = assess(hu, left, right, np.zeros(SHAPE, bool), SPACING)
+    assert _codes(findings) == {(QualityCode.DENSE_LUNG, "right_lung")}
+    assert findings[0].value == pytest.approx(70.0, abs=1.0)
+
+
+def test_lung_boundary_through_lesion_is_flagged() -> None:
+    hu, left, right, _ = _chest()
+    # the right lung mask stops inside a posterior consolidation that continues outside it
+    lesion = right & (np.arange(SHAPE[1])[None, :, None] >= 100)
+    hu[lesion] = 10
+    findings = assess(hu, left, right, lesion, SPACING)
+    assert (QualityCode.LUNG_LESION_DISAGREEMENT, "right_lung") in _codes(findings)
+    assert (QualityCode.LUNG_LESION_DISAGREEMENT, "left_lung") not in _codes(findings)
+
+
+def test_lung_small_for_the_body_is_flagged() -> None:
+    hu, left, right, _ = _chest()
+    # body 140 x 180 mm over 70 slices of 2 mm = 3528 ml -> expected lungs 0.26 x 3528 =
+    # 917 ml, left share 0.45 -> 413 ml; flagged below 0.6 x 413 = 248 ml. The box lung is
+    # 980 ml; keep a 10 mm wide strip of it (140 ml), the rest became soft tissue
+    small_left = left & (np.arange(SHAPE[2])[None, None, :] >= 165)
+    hu[left & ~small_left] = 30
+    findings = assess(hu, small_left, right, np.zeros(SHAPE, bool), SPACING)
+    assert _codes(findings) == {(QualityCode.SMALL_LUNG_FOR_BODY, "left_lung")}
+
+
+def test_findings_are_typed_in_measurements_json() -> None:
+    hu, left, right, lobes = _chest()
+    hu[right] = 20
+    m = _measure(hu, left, right, lobes, np.zeros(SHAPE, bool))
+    doc = json.loads(json.dumps(m.to_json_dict()))
+    codes = {(f["code"], f["region"]) for f in doc["quality_findings"]}
+    assert ("dense_lung", "right_lung") in codes
+    assert any(f.startswith("dense_lung: right lung") for f in doc["quality_flags"])
+
+
+def test_quality_codes_reach_the_sr(tmp_path) -> None:
+    from pathlib import Path
+
+    from dicom_validation import DCIODVFY, dciodvfy_errors
+    from node.outputs.seg import build_seg
+    from node.outputs.sr import build_sr
+    from node.volume import load_series
+    from quant.hu_split import split_lesion
+
+    cip = Path("/work/shared/data/chest_imaging_platform_ct64/ct-64Dicom")
+    if not cip.is_dir():
+        pytest.skip("shared/data is not mounted")
+    series = load_series(sorted(cip.glob("*.dcm")))
+    hu = series.volume.hu
+    x = np.arange(hu.shape[2])[None, None, :]
+    left = (hu > -1000) & (hu < -400) & (x >= hu.shape[2] // 2)
+    right = (hu > -200) & (hu < 100) & (x < hu.shape[2] // 2)   # a "lung" of soft tissue
+    masks = Masks(lung_left=left, lung_right=right, lesion=np.zeros(hu.shape, bool),
+                  engine="threshold", lobes_unavailable_reason="not computed in this test")
+    ggo, cons = split_lesion(hu, masks.lesion, -750.0, -350.0)
+    m = measure(series.volume, masks, split=(ggo, cons))
+    assert ("dense_lung", "right_lung") in {(f.code.value, f.region) for f in m.quality_findings}
+    seg = build_seg(series, masks, ggo, cons, series_number=901, revision=1, software_version="t")
+    sr = build_sr(series, seg, m, series_number=902, revision=1, software_version="t")
+    texts = [str(item.TextValue) for item in sr.ContentSequence[-1].ContentSequence
+             if "TextValue" in item]
+    assert any(t.startswith("dense_lung: right lung") for t in texts)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    if DCIODVFY is not None:
+        assert dciodvfy_errors(path) == []
