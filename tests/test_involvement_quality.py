@@ -193,7 +193,7 @@ def test_quality_codes_reach_the_sr(tmp_path) -> None:
     from pathlib import Path
 
     from dicom_validation import DCIODVFY, dciodvfy_errors
-    from node.outputs.seg import build_seg
+    from node.outputs.seg import build_segs
     from node.outputs.sr import build_sr
     from node.volume import load_series
     from quant.hu_split import split_lesion
@@ -211,8 +211,9 @@ def test_quality_codes_reach_the_sr(tmp_path) -> None:
     ggo, cons = split_lesion(hu, masks.lesion, -750.0, -350.0)
     m = measure(series.volume, masks, split=(ggo, cons))
     assert ("dense_lung", "right_lung") in {(f.code.value, f.region) for f in m.quality_findings}
-    seg = build_seg(series, masks, ggo, cons, series_number=901, revision=1, software_version="t")
-    sr = build_sr(series, seg, m, series_number=902, revision=1, software_version="t")
+    segs = build_segs(series, masks, ggo, cons, series_numbers={"lesions": 901, "lungs": 903,
+                      "lobes": 904}, revision=1, software_version="t")
+    sr = build_sr(series, segs, m, series_number=902, revision=1, software_version="t")
     texts = [str(item.TextValue) for item in sr.ContentSequence[-1].ContentSequence
              if "TextValue" in item]
     assert any(t.startswith("dense_lung: right lung") for t in texts)
