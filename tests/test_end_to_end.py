@@ -81,15 +81,17 @@ def _check_results_in_pacs(orthanc, study_uid: str, tmp_path: Path, node: NodePr
 def test_phantom_analyze_matches_truth(tmp_path: Path):
     """`lungnode phantom` then `lungnode analyze`: volumes within 5% of truth.json.
 
-    Run with the threshold engine: the phantom's consolidations are round, homogeneous,
-    sharp-edged blobs that the learned model (trained to leave nodules alone) does not call
-    lesions; see segmentation/MODEL_CARD.md. The chain checked here (geometry, lung
-    segmentation, HU split, volumes, SEG/SR) is the same for both engines."""
+    Run with the classical engines (threshold lesions inside classical lungs, their original
+    pairing): the learned lung mask's 2.5 mm outline takes in a thin rim of chest wall that the
+    threshold engine counts as consolidation, and the default learned pair is short on GGO (see
+    test_phantom_default_engines below). The chain checked here (geometry, HU split, volumes,
+    SEG/SR) is the same for every engine."""
     phantom_dir, out_dir = tmp_path / "phantom", tmp_path / "out"
     made = _lungnode("phantom", "--out", str(phantom_dir), "--seed", "3")
     assert made.returncode == 0, made.stderr
     truth = json.loads((phantom_dir / "truth.json").read_text())
-    done = _lungnode("analyze", str(phantom_dir), "--out", str(out_dir), "--engine", "threshold")
+    done = _lungnode("analyze", str(phantom_dir), "--out", str(out_dir), "--engine", "threshold",
+                     "--lung-engine", "classical")
     assert done.returncode == 0, done.stderr
     measured = json.loads((out_dir / "measurements.json").read_text())
     for key in ("lung_volume_ml", "ggo_volume_ml", "consolidation_volume_ml"):
@@ -183,3 +185,20 @@ def _status_with_skipped(node: NodeProcess, count: int):
     report = json.loads(done.stdout)
     skipped = [s for s in report.get("series", []) if s.get("state") == "skipped"]
     return skipped if len(skipped) >= count else None
+
+
+@pytest.mark.xfail(strict=True, reason="issue 6 target not met yet: the default engines (LungNet + "
+                   "COVID-Lesion Net v2) find the phantom's lung within 1% but GGO about 15% short")
+def test_phantom_default_engines_within_5_percent(tmp_path: Path):
+    """The issue-6 target: `lungnode phantom` + `lungnode analyze` with the default engines
+    within 5% for lung, GGO and consolidation. Strict xfail: it fails loudly once it passes."""
+    phantom_dir, out_dir = tmp_path / "phantom", tmp_path / "out"
+    assert _lungnode("phantom", "--out", str(phantom_dir), "--seed", "0").returncode == 0
+    truth = json.loads((phantom_dir / "truth.json").read_text())
+    done = _lungnode("analyze", str(phantom_dir), "--out", str(out_dir))
+    assert done.returncode == 0, done.stderr
+    measured = json.loads((out_dir / "measurements.json").read_text())
+    assert abs(measured["lung_volume_ml"] / truth["lung_volume_ml"] - 1) <= 0.05
+    for key in ("ggo_volume_ml", "consolidation_volume_ml"):
+        error = abs(measured[key] - truth[key]) / truth[key]
+        assert error <= 0.05, f"{key}: measured {measured[key]:.1f} vs truth {truth[key]:.1f}"
