@@ -10,6 +10,8 @@ lungnode check-config
 lungnode evaluate medseg <dir> [--json FILE] [--split all|val|train] [--engine unet|threshold]
 lungnode export-training <ct-dir> <seg.dcm> --out <site-data-dir> [--name N] [--ggo-segment N ...]
 lungnode train [--epochs N] [--out DIR] [--seed S] [--device auto|cpu|cuda] [--site-data DIR]
+lungnode cohort analyze --in FILE.csv --out DIR
+lungnode cohort export --out FILE.csv [--clinical FILE.csv] [--config FILE]
 
 Exit codes: 0 success, 1 failure (network, delivery, internal), 2 usage or configuration
 error, 3 bad input (the series cannot be analysed; the message says why).
@@ -112,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--lesion-segment", type=int, action="append", help="segment number(s) of a binary lesion label"
     )
+
+    cohort = commands.add_parser("cohort", help="cohort statistics of serial scans (analyze, export)")
+    cohort_commands = cohort.add_subparsers(dest="cohort_command", required=True, metavar="ACTION")
+    cohort_analyze = cohort_commands.add_parser(
+        "analyze", help="the study's tables, curves and plots from a cohort CSV")
+    cohort_analyze.add_argument("--in", dest="input", type=Path, required=True, metavar="FILE.csv",
+                                help="columns patient_id, group, days_from_onset, ct_score, "
+                                     "lesion_pct, ggo_pct, consolidation_pct")
+    cohort_analyze.add_argument("--out", type=Path, required=True, metavar="DIR")
+    cohort_export = cohort_commands.add_parser(
+        "export", help="every analysed scan from the state store as a CSV")
+    cohort_export.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
+    cohort_export.add_argument(
+        "--clinical", type=Path, metavar="FILE.csv",
+        help="columns patient_id, onset_date (YYYY-MM-DD), group: adds days_from_onset and group")
+    _add_config_flags(cohort_export)
 
     check = commands.add_parser("check-config", help="validate the config and print what is in effect")
     _add_config_flags(check)
@@ -359,7 +377,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train(args.rest)
 
 
+def cmd_cohort(args: argparse.Namespace) -> int:
+    from quant.cohort import CohortError
+
+    _configure_logging("WARNING", args.verbose)
+    try:
+        if args.cohort_command == "analyze":
+            from quant.cohort import read_cohort_csv
+            from quant.cohort_report import analyze_cohort
+
+            frame = read_cohort_csv(args.input)
+            written = analyze_cohort(frame, args.out)
+            _progress(f"{frame['patient_id'].nunique()} patients, {len(frame)} scans: "
+                      f"{len(written)} files in {args.out}")
+            print(json.dumps({name: str(path) for name, path in written.items()}))
+            return EXIT_OK
+        from node.course_export import export_cohort
+
+        settings = _settings_from_args(args)
+        count = export_cohort(settings, args.out, clinical_csv=args.clinical)
+        _progress(f"{count} analysed scan(s) written to {args.out}")
+        return EXIT_OK
+    except CohortError as exc:
+        print(f"lungnode cohort {args.cohort_command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 COMMANDS = {
+    "cohort": cmd_cohort,
     "export-training": cmd_export_training,
     "evaluate": cmd_evaluate,
     "train": cmd_train,
