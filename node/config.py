@@ -86,6 +86,14 @@ class AnalysisSettings(_Strict):
         return self
 
 
+class CourseSettings(_Strict):
+    """The patient's course (issue 9): compare each scan with the patient's prior scan."""
+
+    enabled: bool = True
+    stable_relative_pct: float = Field(10.0, ge=0, le=100)
+    stable_absolute_ml: float = Field(5.0, ge=0)
+
+
 class OutputSettings(_Strict):
     seg: bool = True
     sr: bool = True
@@ -137,6 +145,7 @@ class Settings(_Strict):
     selection: SelectionSettings = SelectionSettings()
     analysis: AnalysisSettings = AnalysisSettings()
     outputs: OutputSettings = OutputSettings()
+    course: CourseSettings = CourseSettings()
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()

@@ -123,6 +123,54 @@ CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, next_attempt_at
 """
 
 
+# -- the patients' courses (issue 9) -------------------------------------------------------
+# Kept in its own migration-style function (_migrate_patient_scans) so that it slots into the
+# schema-version migrations (PRAGMA user_version) when they land; idempotent until then.
+_PATIENT_SCANS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS patient_scans (
+    series_uid TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    issuer_of_patient_id TEXT NOT NULL,
+    acquired_at REAL NOT NULL,
+    measurements_json TEXT NOT NULL,
+    sr_study_uid TEXT,
+    sr_series_uid TEXT,
+    sr_sop_uid TEXT,
+    seg_series_uid TEXT,
+    seg_sop_uid TEXT,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (series_uid, revision)
+);
+CREATE INDEX IF NOT EXISTS patient_scans_patient ON patient_scans(issuer_of_patient_id, patient_id);
+"""
+
+
+def _migrate_patient_scans(conn: sqlite3.Connection) -> None:
+    """Add the patient_scans table (each analysed scan's measurements by patient)."""
+    conn.executescript(_PATIENT_SCANS_SCHEMA)
+
+
+@dataclass(frozen=True)
+class PatientScan:
+    """One analysed scan of a patient: what the course needs (no patient name, ever).
+
+    patient_id and issuer_of_patient_id ("" when the header has none) identify the patient;
+    acquired_at is the acquisition time (epoch seconds, UTC)."""
+
+    series_uid: str
+    revision: int
+    study_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    acquired_at: float
+    measurements_json: str
+    sr_uids: tuple[str, str, str] | None    # study, series, SOP instance
+    seg_uids: tuple[str, str] | None        # series, SOP instance
+    recorded_at: float
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     sop_instance_uid: str
@@ -212,6 +260,7 @@ class StateStore:
         self._connections_lock = threading.Lock()
         conn = self._conn()
         conn.executescript(_SCHEMA)
+        _migrate_patient_scans(conn)
 
     # -- connection plumbing -------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -413,8 +462,11 @@ class StateStore:
     def complete_job(
         self, job_id: int, *, measurements_json: str, sr_uids: tuple[str, str, str],
         outbox_dir: str, deliveries: Sequence[DeliveryRequest], now: float | None = None,
+        patient_scan: PatientScan | None = None,
     ) -> None:
-        """Record a job's result and its delivery rows, and mark it done: one transaction."""
+        """Record a job's result and its delivery rows, and mark it done: one transaction.
+
+        ``patient_scan``: the scan for the patient's course, recorded in the same transaction."""
         now = time.time() if now is None else now
         with self._tx() as cur:
             series_uid, revision, state, count = cur.execute(
@@ -427,6 +479,8 @@ class StateStore:
                 "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)",
                 (series_uid, revision, job_id, measurements_json, *sr_uids, outbox_dir, now),
             )
+            if patient_scan is not None:
+                _insert_patient_scan(cur, patient_scan)
             cur.executemany(
                 "INSERT INTO deliveries (job_id, series_uid, path, sop_class_uid,"
                 " sop_instance_uid, destination, state, next_attempt_at, created_at)"
@@ -489,6 +543,40 @@ class StateStore:
             "SELECT * FROM results WHERE series_uid=? ORDER BY revision", (series_uid,)
         )
         return [_result(r) for r in rows]
+
+    # -- the patients' courses ---------------------------------------------------------
+    def record_patient_scan(self, scan: PatientScan) -> None:
+        with self._tx() as cur:
+            _insert_patient_scan(cur, scan)
+
+    def patient_scans(self, patient_id: str, issuer_of_patient_id: str) -> list[PatientScan]:
+        """The patient's analysed scans, the latest revision of each series, in the order
+        they were recorded (the course orders them by acquisition)."""
+        rows = self._query(
+            "SELECT * FROM patient_scans p WHERE patient_id=? AND issuer_of_patient_id=?"
+            " AND revision=(SELECT MAX(revision) FROM patient_scans q"
+            "               WHERE q.series_uid=p.series_uid)"
+            " ORDER BY recorded_at, series_uid",
+            (patient_id, issuer_of_patient_id),
+        )
+        return [_patient_scan(r) for r in rows]
+
+    def all_patient_scans(self) -> list[PatientScan]:
+        """Every patient's scans (latest revision of each series), by patient and time."""
+        rows = self._query(
+            "SELECT * FROM patient_scans p WHERE revision=(SELECT MAX(revision) FROM"
+            " patient_scans q WHERE q.series_uid=p.series_uid)"
+            " ORDER BY issuer_of_patient_id, patient_id, acquired_at, recorded_at"
+        )
+        return [_patient_scan(r) for r in rows]
+
+    def activity_since(self, since: float) -> tuple[list[JobRecord], list[DeliveryRecord]]:
+        """Jobs finished and deliveries created since ``since`` (the status page's charts)."""
+        jobs = self._query(
+            "SELECT * FROM jobs WHERE finished_at>=? ORDER BY finished_at", (since,))
+        deliveries = self._query(
+            "SELECT * FROM deliveries WHERE created_at>=? ORDER BY id", (since,))
+        return [JobRecord(*r) for r in jobs], [DeliveryRecord(*r) for r in deliveries]
 
     # -- deliveries ----------------------------------------------------------------------
     def due_deliveries(self, now: float | None = None) -> list[DeliveryRecord]:
@@ -595,6 +683,25 @@ class StateStore:
                 "UPDATE series SET purged_at=?, instance_count=0 WHERE series_uid=?",
                 (now, series_uid),
             )
+
+
+def _insert_patient_scan(cur: sqlite3.Cursor, scan: PatientScan) -> None:
+    cur.execute(
+        "INSERT OR REPLACE INTO patient_scans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (scan.series_uid, scan.revision, scan.study_uid, scan.patient_id,
+         scan.issuer_of_patient_id, scan.acquired_at, scan.measurements_json,
+         *(scan.sr_uids or (None, None, None)), *(scan.seg_uids or (None, None)),
+         scan.recorded_at),
+    )
+
+
+def _patient_scan(row: tuple) -> PatientScan:
+    return PatientScan(
+        series_uid=row[0], revision=row[1], study_uid=row[2], patient_id=row[3],
+        issuer_of_patient_id=row[4], acquired_at=row[5], measurements_json=row[6],
+        sr_uids=(row[7], row[8], row[9]) if row[9] else None,
+        seg_uids=(row[10], row[11]) if row[11] else None, recorded_at=row[12],
+    )
 
 
 def _result(row: tuple) -> ResultRecord:

@@ -93,6 +93,7 @@ class Worker:
             output = self.analyze(
                 paths, work_dir, self.settings, revision=job.revision,
                 predecessor_sr=predecessor.sr_uids if predecessor else None,
+                earlier_scans=self.store.patient_scans,
             )
             measurements = Path(output.measurements_json).read_text(encoding="utf-8")
             for f in work_dir.iterdir():
@@ -113,6 +114,7 @@ class Worker:
             self.store.complete_job(
                 job.id, measurements_json=measurements, sr_uids=tuple(output.sr_uids),
                 outbox_dir=str(final_dir), deliveries=deliveries,
+                patient_scan=getattr(output, "patient_scan", None),
             )
         except self.bad_input_errors as exc:
             LOG.warning("%s: bad input, not analysed: %s", tag, exc)

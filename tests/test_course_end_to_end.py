@@ -1,0 +1,169 @@
+"""The patient's course end to end (issue 9): three phantom studies of one patient with
+growing then shrinking lesions of known volumes and dates go through dcmtk storescu to the
+real node (``lungnode run``) and on to Orthanc; each SR in Orthanc carries the comparison
+with the prior study, matching the phantoms' truth and dates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom_validation import dciodvfy_errors
+from node.phantom import write_phantom
+from node_process import NodeProcess
+from peers import storescu, wait_until
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+pytestmark = pytest.mark.slow
+
+# (study date, lesion scale): admission, one week later (grown), 12 days after that (shrunk)
+SCANS = (("20200401", 0.9), ("20200408", 1.3), ("20200420", 0.7))
+PATIENT = "COURSE-0001"
+
+
+def _content_items(item):
+    for child in getattr(item, "ContentSequence", []):
+        yield child
+        yield from _content_items(child)
+
+
+def _meaning(item, attr="ConceptNameCodeSequence") -> str:
+    return str(getattr(item, attr)[0].CodeMeaning)
+
+
+def comparison_group(sr: pydicom.Dataset, identifier: str):
+    """The measurement group whose tracking identifier is ``identifier`` (None if absent)."""
+    for item in _content_items(sr):
+        if item.ValueType != "CONTAINER" or _meaning(item) != "Measurement Group":
+            continue
+        for child in item.ContentSequence:
+            if child.ValueType == "TEXT" and _meaning(child) == "Tracking Identifier" \
+                    and child.TextValue == identifier:
+                return item
+    return None
+
+
+def group_numbers(group) -> dict[tuple[str, str | None], float]:
+    """(concept meaning, derivation meaning or None) -> value for the group's NUM items."""
+    out = {}
+    for item in group.ContentSequence:
+        if item.ValueType != "NUM":
+            continue
+        derivation = None
+        for child in getattr(item, "ContentSequence", []):
+            if child.ValueType == "CODE" and _meaning(child) == "Derivation":
+                derivation = _meaning(child, "ConceptCodeSequence")
+        out[(_meaning(item), derivation)] = float(item.MeasuredValueSequence[0].NumericValue)
+    return out
+
+
+def group_codes(group) -> dict[str, str]:
+    return {_meaning(i): _meaning(i, "ConceptCodeSequence")
+            for i in group.ContentSequence if i.ValueType == "CODE"}
+
+
+def group_references(group) -> dict[str, str]:
+    return {_meaning(i): str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            for i in group.ContentSequence if i.ValueType == "COMPOSITE"}
+
+
+def _sr_in_pacs(orthanc, study_uid: str):
+    for series in orthanc.series_of_study(study_uid):
+        for instance_id in series["Instances"]:
+            tags = orthanc.get(f"/instances/{instance_id}/simplified-tags")
+            if tags.get("SOPClassUID") == COMPREHENSIVE_3D_SR:
+                return instance_id
+    return None
+
+
+def _close(measured: float, truth: float, rel: float, abs_ml: float) -> bool:
+    return abs(measured - truth) <= max(rel * abs(truth), abs_ml)
+
+
+def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc, tmp_path: Path):
+    truths = []
+    for index, (date, scale) in enumerate(SCANS):
+        truths.append(write_phantom(tmp_path / f"study{index}", seed=5, lesion_scale=scale,
+                                    patient_id=PATIENT, study_date=date))
+    assert len({t["study_instance_uid"] for t in truths}) == 3
+    srs, documents = [], []
+    with NodeProcess(tmp_path / "node", destinations=[(orthanc.aet, orthanc.dicom_port)],
+                     overrides={"analysis": {"engine": "threshold"}}) as node:
+        for index, truth in enumerate(truths):
+            files = sorted((tmp_path / f"study{index}").glob("*.dcm"))
+            assert storescu(files, node.port, aec=node.ae_title).returncode == 0
+            try:
+                instance = wait_until(lambda: _sr_in_pacs(orthanc, truth["study_instance_uid"]),
+                                      600, 0.5, f"SR of study {index} in Orthanc")
+            except TimeoutError:
+                pytest.fail(f"no SR for study {index}; node log:\n{node.log_tail()}")
+            path = tmp_path / f"sr{index}.dcm"
+            path.write_bytes(orthanc.instance_file(instance))
+            assert dciodvfy_errors(path) == [], f"dciodvfy errors in SR {index}"
+            srs.append(pydicom.dcmread(path))
+            outbox = node.storage / "outbox" / truth["series_instance_uid"]
+            documents.append(json.loads(next(outbox.rglob("measurements.json")).read_text()))
+
+    # the first scan has no prior: a summary, no comparison group
+    assert comparison_group(srs[0], "Change since prior: whole lung") is None
+    assert documents[0]["course"]["current_index"] == 0
+    assert "no prior" in documents[0]["course"]["summary"]
+    days = (7.0, 12.0)
+    trends = ("Worsening", "Improving")
+    for index in (1, 2):
+        sr, prior_truth, truth = srs[index], truths[index - 1], truths[index]
+        group = comparison_group(sr, "Change since prior: whole lung")
+        assert group is not None, f"SR {index} has no comparison"
+        numbers = group_numbers(group)
+        assert numbers[("Days since prior scan", None)] == pytest.approx(days[index - 1])
+        assert numbers[("Number of scans in course", None)] == index + 1
+        for concept, key in (("Lesion volume (GGO and consolidation)", "lesion_volume_ml"),
+                             ("Ground glass opacity volume", "ggo_volume_ml"),
+                             ("Consolidation volume", "consolidation_volume_ml")):
+            at_prior = numbers[(concept, "Value at prior scan")]
+            change = numbers[(concept, "Change since prior scan")]
+            relative = numbers[(concept, "Relative change since prior scan")]
+            # the SR carries exactly what was measured on each scan...
+            assert at_prior == pytest.approx(documents[index - 1][key], rel=1e-6)
+            assert at_prior + change == pytest.approx(documents[index][key], rel=1e-6)
+            assert relative == pytest.approx(100 * change / at_prior, rel=1e-6)
+            # ...and that matches the phantoms' known volumes
+            assert _close(at_prior, prior_truth[key], 0.10, 3.0), (index, key, at_prior, prior_truth[key])
+            assert _close(change, truth[key] - prior_truth[key], 0.12, 5.0), (
+                index, key, change, truth[key] - prior_truth[key])
+        assert group_codes(group)["Course of lesions since prior scan"] == trends[index - 1]
+        # the reference to the prior study: its SR and SEG, also in Pertinent Other Evidence
+        refs = group_references(group)
+        prior_sr = srs[index - 1]
+        assert refs["Prior report"] == prior_sr.SOPInstanceUID
+        prior_seg = documents[index - 1]["seg_sop_instance_uid"]
+        assert refs["Prior segmentation"] == prior_seg
+        other = {(s.StudyInstanceUID, i.ReferencedSOPInstanceUID)
+                 for s in sr.PertinentOtherEvidenceSequence
+                 for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
+        assert {(prior_truth["study_instance_uid"], prior_sr.SOPInstanceUID),
+                (prior_truth["study_instance_uid"], prior_seg)} <= other
+        # per lobe: a group for each lobe with the change of its lesion volume
+        lobe_groups = [comparison_group(sr, f"Change since prior: {name}") for name in
+                       ("Left upper lobe", "Left lower lobe", "Right upper lobe",
+                        "Right middle lobe", "Right lower lobe")]
+        if documents[index]["lobes"] is not None:
+            assert all(g is not None for g in lobe_groups)
+        # the plain-language summary
+        summary = [i.TextValue for i in _content_items(sr)
+                   if i.ValueType == "TEXT" and _meaning(i) == "Course summary"]
+        word = "progression" if index == 1 else "absorption"
+        assert len(summary) == 1 and word in summary[0], summary
+        course = documents[index]["course"]
+        assert course["trend"] == word
+        assert [s["study_instance_uid"] for s in course["scans"]] == [
+            t["study_instance_uid"] for t in truths[: index + 1]]
+        points = course["measures"]["lesion_volume_ml"]["points"]
+        assert [p["value"] for p in points] == pytest.approx(
+            [d["lesion_volume_ml"] for d in documents[: index + 1]])
+        assert points[index]["days_since_prior"] == pytest.approx(days[index - 1])
