@@ -133,3 +133,45 @@ def test_analysis_with_a_prior_writes_the_comparison(tmp_path: Path):
     assert refs["Prior segmentation"] == first["seg_sop_instance_uid"]
     assert "PatientName" not in json.dumps(second) and "Phantom" not in json.dumps(second)
     store.close()
+
+
+def test_cohort_export_with_clinical_days_from_onset(tmp_path: Path):
+    import csv
+    import subprocess
+    import sys
+
+    from peers import REPO_ROOT
+
+    storage = tmp_path / "var"
+    store = StateStore(storage / "lungnode.sqlite3")
+    day = 86400.0
+    t0 = datetime(2020, 4, 1, 23, 0, tzinfo=timezone.utc).timestamp()
+    for n, (pid, series, offset, lesion) in enumerate(
+            (("P1", "a", 0, 2.0), ("P1", "b", 7, 4.5), ("P2", "c", 3, 1.0), ("P1", "b", 7, 5.0))):
+        doc = json.dumps({"ct_score": 3, "lesion_pct": lesion, "ggo_pct": 1.0,
+                          "consolidation_pct": 0.5, "lung_volume_ml": 5000.0})
+        store.record_patient_scan(PatientScan(series, 1 + n // 3, "st-" + series, pid, "", t0 + offset * day,
+                                              doc, None, None, t0 + n))
+    store.close()
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("patient_id,onset_date,group\nP1,2020-03-28,severe\n")
+    out = tmp_path / "cohort.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "node.cli", "cohort", "export", "--storage", str(storage),
+         "--out", str(out), "--clinical", str(clinical)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "1 patient(s) not in" in done.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["patient_id"], r["study_date"], r["days_since_first_scan"], r["group"],
+             r["days_from_onset"]) for r in rows] == [
+        ("P1", "2020-04-01", "0.0", "severe", "4"), ("P1", "2020-04-08", "7.0", "severe", "11"),
+        ("P2", "2020-04-04", "0.0", "", "")]
+    assert rows[1]["lesion_pct"] == "5.0"     # the re-analysis of series b stands
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,group\nP1,severe\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "node.cli", "cohort", "export", "--storage", str(storage),
+         "--out", str(out), "--clinical", str(bad)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "onset_date" in done.stderr
