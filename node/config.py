@@ -94,6 +94,35 @@ class CourseSettings(_Strict):
     stable_absolute_ml: float = Field(5.0, ge=0)
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+class StatusPageSettings(_Strict):
+    """The read-only status page (issue 9): off by default, on 127.0.0.1 unless configured;
+    bound elsewhere it needs a token (HTTP Bearer, or the password of HTTP basic auth)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8484, ge=0, le=65535)
+    token: str | None = Field(None, min_length=16)
+
+    @model_validator(mode="after")
+    def _auth_when_exposed(self) -> "StatusPageSettings":
+        if self.enabled and not _is_loopback(self.host) and not self.token:
+            raise ValueError(
+                f"status_page.token is required when status_page.host is {self.host!r} "
+                "(not a loopback address): set a token of at least 16 characters")
+        return self
+
+
 class OutputSettings(_Strict):
     seg: bool = True
     sr: bool = True
@@ -146,6 +175,7 @@ class Settings(_Strict):
     analysis: AnalysisSettings = AnalysisSettings()
     outputs: OutputSettings = OutputSettings()
     course: CourseSettings = CourseSettings()
+    status_page: StatusPageSettings = StatusPageSettings()
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()

@@ -570,6 +570,22 @@ class StateStore:
         )
         return [_patient_scan(r) for r in rows]
 
+    def patient_of_study(self, study_uid: str) -> tuple[str, str] | None:
+        """(patient_id, issuer_of_patient_id) of an analysed study, None if unknown."""
+        rows = self._query(
+            "SELECT patient_id, issuer_of_patient_id FROM patient_scans WHERE study_uid=?"
+            " ORDER BY recorded_at DESC LIMIT 1", (study_uid,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def recent_results(self, limit: int = 20) -> list[ResultRecord]:
+        rows = self._query("SELECT * FROM results ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [_result(r) for r in rows]
+
+    def jobs_in_state(self, *states: str) -> list[JobRecord]:
+        marks = ",".join("?" * len(states))
+        rows = self._query(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
+        return [JobRecord(*r) for r in rows]
+
     def activity_since(self, since: float) -> tuple[list[JobRecord], list[DeliveryRecord]]:
         """Jobs finished and deliveries created since ``since`` (the status page's charts)."""
         jobs = self._query(
