@@ -55,6 +55,11 @@ class Node:
                                      on_job_queued=self.worker.notify)
         self.receiver = Receiver(settings, StoreContext(
             self.spool, self.store, on_instance=self.tracker.instance_stored))
+        self.status_page = None
+        if settings.status_page.enabled:
+            from node.status_page import StatusPageServer
+
+            self.status_page = StatusPageServer(settings, self.store)
         self._stopped = threading.Event()
         self._started = False
 
@@ -68,6 +73,8 @@ class Node:
         self.worker.start()
         self.scheduler.add_job(self.apply_retention, "interval", seconds=RETENTION_INTERVAL_S,
                                id="retention", replace_existing=True)
+        if self.status_page is not None:   # up before the DICOM port accepts
+            self.status_page.start()
         self.receiver.start()
         self._started = True
 
@@ -122,6 +129,8 @@ class Node:
 
     def stop(self) -> None:
         if self._started:
+            if self.status_page is not None:
+                self.status_page.stop()
             self.receiver.stop()
             self.worker.stop()
             self.scheduler.shutdown(wait=True)

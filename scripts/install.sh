@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything lungnode and its tests need, idempotently:
-#   1. Debian packages: python3 + python3-venv (if missing), dcmtk, orthanc, dicom3tools
+#   1. Debian packages: python3 + python3-venv (if missing), dcmtk, orthanc, dicom3tools,
+#      chromium (the status page is tested in headless Chromium)
 #      (apt-get only when a binary is missing; sudo only when not root);
 #   2. the Debian "orthanc" service is stopped and disabled (tests start their own Orthanc
 #      instances on random ports; the system one must not hold 4242/8042);
@@ -50,6 +51,7 @@ for tool in storescu storescp echoscu; do
 done
 have Orthanc || missing+=(orthanc)
 have dciodvfy || missing+=(dicom3tools)
+have chromium || missing+=(chromium)   # headless browser for the status page tests
 
 if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 \
@@ -60,7 +62,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
 else
-    say "Debian packages present (dcmtk, orthanc, dicom3tools, $PYTHON with venv): skipping apt-get"
+    say "Debian packages present (dcmtk, orthanc, dicom3tools, chromium, $PYTHON with venv): skipping apt-get"
 fi
 
 # --- 2. the Debian orthanc service must not run -----------------------------------------

@@ -5,7 +5,11 @@ with the prior study, matching the phantoms' truth and dates."""
 
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -14,7 +18,8 @@ import pytest
 from dicom_validation import dciodvfy_errors
 from node.phantom import write_phantom
 from node_process import NodeProcess
-from peers import storescu, wait_until
+from node.status_charts import course_chart
+from peers import REPO_ROOT, storescu, wait_until
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -98,7 +103,7 @@ def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc
             files = sorted((tmp_path / f"study{index}").glob("*.dcm"))
             assert storescu(files, node.port, aec=node.ae_title).returncode == 0
             try:
-                instance = wait_until(lambda: _sr_in_pacs(orthanc, truth["study_instance_uid"]),
+                instance = wait_until(lambda uid=truth["study_instance_uid"]: _sr_in_pacs(orthanc, uid),
                                       600, 0.5, f"SR of study {index} in Orthanc")
             except TimeoutError:
                 pytest.fail(f"no SR for study {index}; node log:\n{node.log_tail()}")
@@ -108,6 +113,21 @@ def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc
             srs.append(pydicom.dcmread(path))
             outbox = node.storage / "outbox" / truth["series_instance_uid"]
             documents.append(json.loads(next(outbox.rglob("measurements.json")).read_text()))
+        # the researcher's export of the same store, joined with the clinical dates
+        clinical = tmp_path / "clinical.csv"
+        clinical.write_text(f"patient_id,onset_date,group\n{PATIENT},2020-03-27,moderate\n")
+        exported = subprocess.run(
+            [sys.executable, "-m", "node.cli", "cohort", "export", "--config",
+             str(node.config_path), "--out", str(tmp_path / "cohort.csv"), "--clinical",
+             str(clinical)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader((tmp_path / "cohort.csv").open()))
+    assert [(r["patient_id"], r["study_date"], float(r["days_since_first_scan"]),
+             int(r["days_from_onset"]), r["group"]) for r in rows] == [
+        (PATIENT, "2020-04-01", 0.0, 5, "moderate"), (PATIENT, "2020-04-08", 7.0, 12, "moderate"),
+        (PATIENT, "2020-04-20", 19.0, 24, "moderate")]
+    assert [float(r["lesion_pct"]) for r in rows] == pytest.approx(
+        [d["lesion_pct"] for d in documents])
 
     # the first scan has no prior: a summary, no comparison group
     assert comparison_group(srs[0], "Change since prior: whole lung") is None
@@ -167,3 +187,14 @@ def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc
         assert [p["value"] for p in points] == pytest.approx(
             [d["lesion_volume_ml"] for d in documents[: index + 1]])
         assert points[index]["days_since_prior"] == pytest.approx(days[index - 1])
+
+    # the trend plot of the course (the status page's chart), kept for the docs
+    course = documents[2]["course"]
+    png = course_chart(
+        [datetime.fromisoformat(s["acquired_at"]) for s in course["scans"]],
+        {name: [p["value"] for p in course["measures"][key]["points"]] for name, key in (
+            ("lesions", "lesion_volume_ml"), ("GGO", "ggo_volume_ml"),
+            ("consolidation", "consolidation_volume_ml"))},
+        current=2, title="Phantom patient: measured volumes over three studies")
+    (tmp_path / "course_trend.png").write_bytes(png)
+    assert png[:4] == b"\x89PNG"
