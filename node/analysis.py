@@ -3,11 +3,14 @@
 Used by the node's worker and by ``lungnode analyze``. Stages:
 node.volume (decode, check geometry) -> segmentation (lungs, lesions) -> quant (measurements)
 -> node.outputs (DICOM-SEG, TID 1500 SR). Bad input raises node.volume.VolumeError (no retry,
-nothing partial is written); anything else is a bug and propagates.
+nothing partial is written); an output that cannot be encoded or written raises
+node.worker.OutputError with the reason (the job fails, no retry); anything else is a bug and
+propagates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -22,6 +25,7 @@ from node.outputs.sr import build_sr, sr_uids as planned_sr_uids
 from node.spool import write_atomically
 from node.volume import load_series
 from node.store import PatientScan
+from node.worker import OutputError
 from quant.course import Course, build_course, scan_from_measurements
 from quant.hu_split import split_lesion
 from quant.measure import measure
@@ -110,32 +114,36 @@ def analyze_series(
     output_files: list[Path] = []
     sr_uids: tuple[str, str, str] | None = None
     say("encoding DICOM-SEG and SR")
-    seg = build_seg(
-        series,
-        masks,
-        ggo,
-        consolidation,
-        series_number=settings.outputs.seg_series_number,
-        revision=revision,
-        software_version=__version__,
-    )
-    del ggo, consolidation
-    if settings.outputs.seg:
-        output_files.append(_write_dataset(out_dir / SEG_FILENAME, seg))
-    course, patient_scan, course_note = _patient_course(
-        series, measurements, seg, revision, settings, earlier_scans)
-    if settings.outputs.sr:
-        sr = build_sr(
+    with _output_step("DICOM-SEG"):
+        seg = build_seg(
             series,
-            seg,
-            measurements,
-            series_number=settings.outputs.sr_series_number,
+            masks,
+            ggo,
+            consolidation,
+            series_number=settings.outputs.seg_series_number,
             revision=revision,
             software_version=__version__,
-            predecessor=predecessor_sr,
-            course=course,
         )
-        output_files.append(_write_dataset(out_dir / SR_FILENAME, sr))
+    del ggo, consolidation
+    if settings.outputs.seg:
+        with _output_step("DICOM-SEG"):
+            output_files.append(_write_dataset(out_dir / SEG_FILENAME, seg))
+    with _output_step("patient course"):
+        course, patient_scan, course_note = _patient_course(
+            series, measurements, seg, revision, settings, earlier_scans)
+    if settings.outputs.sr:
+        with _output_step("SR"):
+            sr = build_sr(
+                series,
+                seg,
+                measurements,
+                series_number=settings.outputs.sr_series_number,
+                revision=revision,
+                software_version=__version__,
+                predecessor=predecessor_sr,
+                course=course,
+            )
+            output_files.append(_write_dataset(out_dir / SR_FILENAME, sr))
         sr_uids = (sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.SOPInstanceUID)
     lap("encode_s")
 
@@ -174,6 +182,17 @@ def analyze_series(
         patient_scan=patient_scan,
         course=course,
     )
+
+
+@contextlib.contextmanager
+def _output_step(what: str):
+    """Encoding or writing ``what`` failed: an OutputError naming it and the cause."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"cannot encode or write the {what}: {exc}") from exc
 
 
 def _patient_course(series, measurements: Measurements, seg, revision: int, settings: Settings,

@@ -3,8 +3,10 @@
 ``Node(settings).start()`` reconciles the storage root with the state store, then listens.
 Reconciliation (idempotent, before the receiver opens): temp files and partial receptions are
 removed (never acknowledged); spool files without a row are adopted (their header read
-again); jobs left ``running`` are re-queued; open series get their quiet timers re-armed;
-pending deliveries are retried. Signal handling belongs to the CLI: it calls ``stop()``.
+again); jobs left ``running`` are re-queued (or failed, after ``MAX_JOB_CRASHES`` crashes).
+There are no timers to re-arm: the pollers (series close, job claim, deliveries, retention)
+ask the state store what is due, so open series and pending deliveries resume on the first
+tick. Signal handling belongs to the CLI: it calls ``stop()``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from node.config import Settings
+from node.poller import Poller
 from node.receiver import Receiver, StoreContext
 from node.sender import DeliveryService
 from node.series_tracker import SeriesTracker, read_header
 from node.spool import Spool
-from node.store import DB_FILENAME, InstanceRecord, StateStore
+from node.store import DB_FILENAME, SERIES_OPEN, InstanceRecord, StateStore
 from node.uids import InvalidUID, sanitize_uid
 from node.worker import AnalyzeFn, Worker
 
@@ -45,14 +46,13 @@ class Node:
         root = Path(settings.storage.root)
         self.spool = Spool(root, settings.storage.min_free_mb)
         self.store = StateStore(root / DB_FILENAME)
-        self.scheduler = BackgroundScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1}, timezone="UTC")
-        self.sender = DeliveryService(self.store, settings, self.scheduler)
+        self.sender = DeliveryService(self.store, settings)
         self.worker = Worker(self.store, self.spool, settings, analyze,
                              bad_input_errors=bad_input_errors, on_deliveries=self.sender.kick,
                              threads=worker_threads)
-        self.tracker = SeriesTracker(self.store, self.scheduler, settings,
-                                     on_job_queued=self.worker.notify)
+        self.tracker = SeriesTracker(self.store, settings, on_job_queued=self.worker.notify)
+        self.retention = Poller("retention", self._retention_tick,
+                                max_interval_s=RETENTION_INTERVAL_S)
         self.receiver = Receiver(settings, StoreContext(
             self.spool, self.store, on_instance=self.tracker.instance_stored))
         self.status_page = None
@@ -68,28 +68,32 @@ class Node:
         return self.receiver.port
 
     def start(self) -> None:
-        self.scheduler.start()
         self.reconcile()
         self.worker.start()
-        self.scheduler.add_job(self.apply_retention, "interval", seconds=RETENTION_INTERVAL_S,
-                               id="retention", replace_existing=True)
+        self.tracker.start()
+        self.sender.start()
+        self.retention.start()
         if self.status_page is not None:   # up before the DICOM port accepts
             self.status_page.start()
         self.receiver.start()
         self._started = True
 
+    def _retention_tick(self) -> None:
+        self.apply_retention()
+
     def reconcile(self) -> None:
         removed = self.spool.remove_temp_files()
         adopted = self._adopt_orphans()
-        requeued = self.store.requeue_running_jobs()
-        rearmed = self.tracker.rearm_open_series()
-        if self.settings.destinations:
-            self.sender.kick()
-        self.worker.notify()
+        requeued, crashed = self.store.requeue_running_jobs()
+        for job in crashed:
+            LOG.error("series %s: job %s failed: %s", job.series_uid, job.id, job.reason)
+        open_series = len(self.store.series_in_state(SERIES_OPEN))
+        pending = len(self.store.delivery_due_by_destination())
         LOG.info("start-up: %d temp file(s) removed, %d file(s) adopted, %d job(s) re-queued "
-                 "(%s), %d open series re-armed", removed, adopted, len(requeued),
+                 "(%s), %d job(s) failed after repeated crashes, %d open series, deliveries "
+                 "pending for %d destination(s)", removed, adopted, len(requeued),
                  ", ".join(f"job {j.id} series {j.series_uid}" for j in requeued) or "none",
-                 rearmed)
+                 len(crashed), open_series, pending)
 
     def _adopt_orphans(self) -> int:
         known = self.store.known_instance_paths()
@@ -132,8 +136,11 @@ class Node:
             if self.status_page is not None:
                 self.status_page.stop()
             self.receiver.stop()
+            self.tracker.stop()
+            self.retention.stop()
             self.worker.stop()
-            self.scheduler.shutdown(wait=True)
+            self.sender.stop()
+            self.store.close()
             self._started = False
         self._stopped.set()
 

@@ -153,12 +153,23 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), overrides)
 
 
+THIRD_PARTY_LOGGERS = ("apscheduler", "highdicom", "pynetdicom", "pydicom")
+
+
 def _configure_logging(level: str, verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    """The entry point's log handler: UTC timestamps (``...Z``), the node's own loggers at
+    ``logging.level``, third-party libraries at WARNING (DEBUG with ``-v``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
     )
+    formatter.converter = time.gmtime  # UTC whatever the host's time zone
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.DEBUG if verbose else getattr(logging, level),
+                        handlers=[handler])
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _progress(message: str) -> None:
@@ -220,6 +231,7 @@ def _dicom_files(folder: Path) -> tuple[list[Path], int]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from node.analysis import analyze_series
     from node.volume import VolumeError
+    from node.worker import OutputError
     from segmentation.engine import EngineUnavailable
 
     overrides = {"analysis": {"engine": args.engine}} if args.engine else None
@@ -240,6 +252,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except VolumeError as exc:
         print(f"lungnode analyze: cannot analyse this series: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OutputError as exc:
+        print(f"lungnode analyze: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except EngineUnavailable as exc:
         print(f"lungnode analyze: {exc}", file=sys.stderr)
         return EXIT_USAGE

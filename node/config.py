@@ -1,6 +1,8 @@
 """Typed settings for the node, validated once at start-up.
 
-config.yaml at the repository root is the embedded default. Every key is a field of a
+config.yaml at the repository root is the embedded default; it is installed with the package as
+node/default_config.yaml (a symlink in the checkout, a copy in a wheel), so an installed node
+runs as well as a checkout. Every key is a field of a
 pydantic model with ``extra="forbid"``, so a misspelt or unknown key stops the node with a
 message naming it. Defaults live only here and in config.yaml (which states them all).
 """
@@ -14,7 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "default_config.yaml"
 
 _AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no '\'
 
@@ -63,8 +65,13 @@ class SeriesSettings(_Strict):
 
 class SelectionSettings(_Strict):
     modalities: tuple[str, ...] = ("CT",)
-    required_image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL")
-    excluded_image_type: tuple[str, ...] = ("LOCALIZER",)
+    required_image_type: tuple[str, ...] = ()
+    excluded_image_type: tuple[str, ...] = (
+        "LOCALIZER", "SCOUT", "TOPOGRAM", "MIP", "MINIP", "MNIP", "MAXIP", "PROJECTION IMAGE",
+        "CURVED", "CPR",
+    )
+    accept_derived_axial: bool = False
+    max_tilt_from_axial_deg: float = Field(30.0, ge=0, le=90)
     max_slice_thickness_mm: float = Field(5.0, gt=0)
     min_slices: int = Field(30, ge=1)
 
@@ -203,9 +210,11 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
 def load_settings(path: Path | None = None, overrides: dict | None = None) -> Settings:
     """Read, merge overrides into and validate a config file.
 
-    ``overrides`` is a nested dict of keys to replace (the CLI flags). Relative
-    ``storage.root`` is resolved against the config file's directory.
+    ``overrides`` is a nested dict of keys to replace (the CLI flags). A relative
+    ``storage.root`` is resolved against the config file's directory, or against the current
+    directory for the embedded default (an installed package's folder is no place for data).
     """
+    embedded = path is None
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
         raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -224,7 +233,8 @@ def load_settings(path: Path | None = None, overrides: dict | None = None) -> Se
         raise ConfigError(_format_validation_error(str(config_path), exc)) from exc
     root = Path(settings.storage.root)
     if not root.is_absolute():
-        root = (config_path.resolve().parent / root).resolve()
+        base = Path.cwd() if embedded else config_path.resolve().parent
+        root = (base / root).resolve()
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"root": root})}
         )

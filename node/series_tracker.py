@@ -1,11 +1,14 @@
 """Series completion: a series closes after ``series.quiet_period_s`` without a new instance.
 
-One apscheduler date job per open series (id ``close:<series uid>``). Each stored instance
-only updates an in-memory "last seen" time; when the job fires early it re-arms itself for
-the rest of the quiet period, so the receiver's hot path never touches the scheduler for a
-series already armed. On close, headers are read from the spool (no pixel data), node.rules
+No timer per series: the state store holds each series' last-instance time (UTC epoch) and a
+poller (node.poller) asks it which open series are quiet (``series_due_to_close``), then
+sleeps until the next one will be (``next_series_close_at``), at most ``MAX_INTERVAL_S``. The
+receiver's callback only wakes the poller when a series starts (one INFO line, "receiving"),
+so the hot path never touches a timer, and after a restart open series close from the store
+like any other. On close, headers are read from the spool (no pixel data), node.rules
 decides, and the decision (job queued or series skipped with the reason) is written in one
-transaction by ``StateStore.close_series``. Late instances reopen a series (see node.store).
+transaction by ``StateStore.close_series``, which refuses if an instance arrived meanwhile
+(the next tick decides). Late instances reopen a series (see node.store).
 """
 
 from __future__ import annotations
@@ -13,17 +16,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta
 from typing import Callable
 
 import pydicom
-from apscheduler.schedulers.base import BaseScheduler
 
 from node.config import Settings
+from node.poller import Poller
 from node.rules import evaluate_series
 from node.store import SERIES_OPEN, JobRecord, StateStore
 
 LOG = logging.getLogger(__name__)
+
+MAX_INTERVAL_S = 2.0  # a safety net: the next close time comes from the store
 
 
 def read_header(path: str) -> pydicom.Dataset:
@@ -32,57 +36,43 @@ def read_header(path: str) -> pydicom.Dataset:
 
 class SeriesTracker:
     def __init__(
-        self, store: StateStore, scheduler: BaseScheduler, settings: Settings,
+        self, store: StateStore, settings: Settings,
         on_job_queued: Callable[[JobRecord], None] | None = None,
     ) -> None:
         self.store = store
-        self.scheduler = scheduler
         self.settings = settings
         self.quiet_s = settings.series.quiet_period_s
         self.on_job_queued = on_job_queued
-        self._last_seen: dict[str, float] = {}
-        self._armed: set[str] = set()
+        self._receiving: set[str] = set()  # series announced as receiving (for the log only)
         self._lock = threading.Lock()
+        self.poller = Poller("series-close", self.tick,
+                             max_interval_s=min(MAX_INTERVAL_S, self.quiet_s))
+
+    def start(self) -> None:
+        self.poller.start()
+
+    def stop(self, timeout_s: float = 30) -> None:
+        self.poller.stop(timeout_s)
 
     def instance_stored(self, stored) -> None:
-        """Receiver callback (node.receiver.StoredInstance): (re)start the quiet period."""
-        self.touch(stored.series_uid, time.monotonic())
-
-    def touch(self, series_uid: str, seen_monotonic: float) -> None:
+        """Receiver callback (node.receiver.StoredInstance): log and wake when a series starts."""
         with self._lock:
-            self._last_seen[series_uid] = max(seen_monotonic, self._last_seen.get(series_uid, 0))
-            if series_uid in self._armed:
+            if stored.series_uid in self._receiving:
                 return
-            self._armed.add(series_uid)
-        self._schedule(series_uid, self.quiet_s)
+            self._receiving.add(stored.series_uid)
+        LOG.info("series %s: receiving (open; closes after %g s without a new instance)",
+                 stored.series_uid, self.quiet_s)
+        self.poller.wake()
 
-    def rearm_open_series(self) -> int:
-        """Start-up: arm a timer for every series still open (from its stored last time)."""
-        series = self.store.series_in_state(SERIES_OPEN)
-        now_wall, now_mono = time.time(), time.monotonic()
-        for s in series:
-            self.touch(s.series_uid, now_mono - max(0.0, now_wall - s.last_instance_at))
-        return len(series)
-
-    def _schedule(self, series_uid: str, delay_s: float) -> None:
-        self.scheduler.add_job(
-            self._fire, "date", run_date=datetime.now() + timedelta(seconds=max(delay_s, 0)),
-            args=[series_uid], id=f"close:{series_uid}", replace_existing=True,
-            misfire_grace_time=None,
-        )
-
-    def _fire(self, series_uid: str) -> None:
-        with self._lock:
-            remaining = self._last_seen.get(series_uid, 0) + self.quiet_s - time.monotonic()
-            if remaining > 0:
-                self._schedule(series_uid, remaining)
-                return
-            self._armed.discard(series_uid)
-        try:
-            self.close(series_uid)
-        except Exception:
-            LOG.exception("series %s: closing failed; will retry", series_uid)
-            self.touch(series_uid, time.monotonic())
+    def tick(self) -> float | None:
+        """Close every quiet open series; seconds until the next one falls quiet."""
+        for series in self.store.series_due_to_close(self.quiet_s):
+            try:
+                self.close(series.series_uid)
+            except Exception:
+                LOG.exception("series %s: closing failed; retried next tick", series.series_uid)
+        next_at = self.store.next_series_close_at(self.quiet_s)
+        return None if next_at is None else next_at - time.time()
 
     def close(self, series_uid: str) -> JobRecord | None:
         """Evaluate and record the decision for a quiet open series (also callable directly)."""
@@ -99,19 +89,21 @@ class SeriesTracker:
                             inst.sop_instance_uid, exc)
         decision = evaluate_series(headers, self.settings.selection)
         outcome = self.store.close_series(
-            series_uid, quiet_since=time.time() - self.quiet_s + 1e-3,
-            instance_count=len(instances), selected=decision.selected, reason=decision.reason,
+            series_uid, quiet_since=before.last_instance_at, instance_count=len(instances),
+            selected=decision.selected, reason=decision.reason,
         )
-        if outcome is False:  # touched meanwhile: a later timer decides
-            with self._lock:
-                self._last_seen.setdefault(series_uid, time.monotonic())
-            self.touch(series_uid, time.monotonic())
+        if outcome is False:  # an instance arrived meanwhile: a later tick decides
             return None
+        with self._lock:
+            self._receiving.discard(series_uid)
+        quiet = time.time() - before.last_instance_at
         if outcome is None:
-            LOG.info("series %s: skipped (%s)", series_uid, decision.reason)
+            LOG.info("series %s: closed, %d instance(s), quiet %.1f s: skipped (%s)",
+                     series_uid, len(instances), quiet, decision.reason)
             return None
-        LOG.info("series %s: job %s queued, revision %s (%s)", series_uid, outcome.id,
-                 outcome.revision, decision.reason)
+        LOG.info("series %s: closed, %d instance(s), quiet %.1f s: job %s queued, revision %s "
+                 "(%s)", series_uid, len(instances), quiet, outcome.id, outcome.revision,
+                 decision.reason)
         if self.on_job_queued is not None:
             self.on_job_queued(outcome)
         return outcome

@@ -1,12 +1,17 @@
-"""``lungnode status``: series, jobs, deliveries and the last errors, from the state store."""
+"""``lungnode status``: series, jobs, deliveries and the last errors, from the state store.
+
+Times are shown in UTC (``...Z``), whatever the host's time zone; the JSON keeps UTC epoch
+seconds. ``destinations`` sums up each destination's deliveries and its last error, so a
+peer that refuses the node (e.g. "Called AE title not recognised") is visible at a glance.
+"""
 
 from __future__ import annotations
 
-import time
+from datetime import datetime, timezone
 from dataclasses import asdict
 
 from node.config import Settings
-from node.store import DB_FILENAME, DELIVERY_FAILED, DELIVERY_PENDING, StateStore
+from node.store import DB_FILENAME, DELIVERY_FAILED, DELIVERY_PENDING, StateStore, DeliveryRecord
 
 
 def collect_status(settings: Settings, limit: int = 20) -> dict:
@@ -15,7 +20,8 @@ def collect_status(settings: Settings, limit: int = 20) -> dict:
     report: dict = {"storage_root": str(settings.storage_root), "database": str(db_path)}
     if not db_path.exists():
         report["note"] = "no state store yet: the node has not run with this storage root"
-        report.update({"counts": {}, "series": [], "jobs": [], "deliveries": [], "errors": []})
+        report.update({"counts": {}, "series": [], "jobs": [], "deliveries": [], "errors": [],
+                       "destinations": {}})
         return report
     store = StateStore(db_path)
     try:
@@ -27,14 +33,17 @@ def collect_status(settings: Settings, limit: int = 20) -> dict:
             state=DELIVERY_FAILED
         )
         report["deliveries"] = [asdict(d) for d in open_deliveries[-limit:]]
+        report["destinations"] = _destinations(store.deliveries())
         errors = [
             {"what": f"job {j.id}", "series_uid": j.series_uid, "reason": j.reason, "at": j.finished_at}
             for j in jobs
             if j.state == "failed" and j.reason
         ]
         errors += [
-            {"what": f"delivery {d.id} to {d.destination}", "series_uid": d.series_uid,
-             "reason": d.last_error, "at": d.next_attempt_at}
+            {"what": f"delivery {d.id} to {d.destination}"
+                     + (f" ({d.failure_kind})" if d.failure_kind else ""),
+             "series_uid": d.series_uid, "reason": d.last_error,
+             "at": d.done_at or d.next_attempt_at}
             for d in open_deliveries
             if d.last_error
         ]
@@ -50,10 +59,22 @@ def collect_status(settings: Settings, limit: int = 20) -> dict:
     return report
 
 
+def _destinations(deliveries: list[DeliveryRecord]) -> dict[str, dict]:
+    """Per destination: deliveries by state and the newest error with its kind."""
+    out: dict[str, dict] = {}
+    for d in deliveries:
+        entry = out.setdefault(d.destination, {"pending": 0, "done": 0, "failed": 0,
+                                               "last_error": None, "failure_kind": None})
+        entry[d.state] = entry.get(d.state, 0) + 1
+        if d.last_error and d.state != "done":
+            entry["last_error"], entry["failure_kind"] = d.last_error, d.failure_kind
+    return out
+
+
 def _when(epoch: float | None) -> str:
     if not epoch:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def format_status(report: dict) -> str:
@@ -73,6 +94,14 @@ def format_status(report: dict) -> str:
             f"  {s['series_uid']}  {s['state']}{reason}  {s['instance_count']} instances, "
             f"rev {s['revision']}, last {_when(s['last_instance_at'])}"
         )
+    if report.get("destinations"):
+        lines.append("")
+        lines.append("destinations:")
+        for dest, e in sorted(report["destinations"].items()):
+            line = f"  {dest}: {e['done']} done, {e['pending']} pending, {e['failed']} failed"
+            if e["last_error"]:
+                line += f"; last error ({e['failure_kind'] or 'error'}): {e['last_error']}"
+            lines.append(line)
     if report["deliveries"]:
         lines.append("")
         lines.append("open deliveries:")

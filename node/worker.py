@@ -9,8 +9,14 @@ rerun (deterministic output UIDs) replaces the outbox directory, so the job comp
 once and nothing partial is ever delivered.
 
 Errors: ``bad_input_errors`` (node.volume.VolumeError) fail the job with the reason, no retry;
-any other exception is a bug: logged with its traceback, job failed with the reason, the
-worker goes on with the next job.
+``OutputError`` (an output could not be encoded or written: SEG/SR) fails the job with the
+reason, no retry; any other exception is a bug: logged with its traceback, job failed with
+the reason, the worker goes on with the next job. A job that takes the whole process down is
+re-queued at start-up, and failed after ``node.store.MAX_JOB_CRASHES`` such crashes. On a
+clean stop, a job still running is handed back (``StateStore.release_jobs``) unharmed.
+
+Logs: one INFO line when a series starts analysing and one when it is done or failed, with
+the job id and series UID (never patient data).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +38,10 @@ from node.store import DeliveryRequest, JobRecord, StateStore
 LOG = logging.getLogger(__name__)
 
 AnalyzeFn = Callable[..., object]
+
+
+class OutputError(Exception):
+    """An output (SEG, SR, ...) could not be encoded or written: the job fails, no retry."""
 
 
 class Worker:
@@ -47,6 +58,8 @@ class Worker:
         self.on_deliveries = on_deliveries
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._running: set[int] = set()
+        self._running_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
             for i in range(threads)
@@ -61,11 +74,20 @@ class Worker:
         self._wake.set()
 
     def stop(self, timeout_s: float = 30) -> None:
+        """Stop claiming jobs; wait up to ``timeout_s`` for running ones, then hand back
+        (re-queue without counting a crash) those still running."""
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout_s
         for t in self._threads:
             if t.is_alive():
-                t.join(timeout_s)
+                t.join(max(0.0, deadline - time.monotonic()))
+        with self._running_lock:
+            unfinished = sorted(self._running)
+        if unfinished:
+            released = self.store.release_jobs(unfinished)
+            LOG.info("stopping: %d running job(s) handed back to the queue (%s)", released,
+                     ", ".join(f"job {j}" for j in unfinished))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -78,10 +100,16 @@ class Worker:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            self.run_job(job)
+            with self._running_lock:
+                self._running.add(job.id)
+            try:
+                self.run_job(job)
+            finally:
+                with self._running_lock:
+                    self._running.discard(job.id)
 
     def run_job(self, job: JobRecord) -> None:
-        tag = f"job {job.id} series {job.series_uid} revision {job.revision}"
+        tag = f"series {job.series_uid}: job {job.id} revision {job.revision}"
         LOG.info("%s: analysing (attempt %s)", tag, job.attempts)
         final_dir = self.spool.outbox_path(job.series_uid, job.revision)
         work_dir = final_dir.parent / f".{job.revision}.partial-{job.id}"
@@ -117,14 +145,20 @@ class Worker:
                 patient_scan=getattr(output, "patient_scan", None),
             )
         except self.bad_input_errors as exc:
-            LOG.warning("%s: bad input, not analysed: %s", tag, exc)
+            LOG.warning("%s: failed: bad input, not analysed: %s", tag, exc)
             self._fail(job, f"bad input: {exc}", work_dir)
             return
+        except OutputError as exc:
+            LOG.error("%s: failed: %s", tag, exc, exc_info=True)
+            self._fail(job, f"cannot write outputs: {exc}", work_dir)
+            return
         except Exception as exc:
-            LOG.exception("%s: analysis failed (bug)", tag)
+            LOG.exception("%s: failed: internal error (bug)", tag)
             self._fail(job, f"internal error: {exc!r}", work_dir)
             return
-        LOG.info("%s: done, %d output(s), %d deliveries", tag, len(outputs), len(deliveries))
+        LOG.info("%s: analysed, %d output(s), %d deliveries queued%s", tag, len(outputs),
+                 len(deliveries), "" if deliveries else " (no destinations: results stay in "
+                 f"{final_dir})")
         if deliveries and self.on_deliveries is not None:
             self.on_deliveries()
 

@@ -4,10 +4,13 @@
 config file under ``workdir`` (storage under ``workdir/var``, a free port on 127.0.0.1),
 starts ``python -m node.cli run --config ...`` and waits until the port accepts.
 ``.stop()`` sends SIGTERM; ``.kill()`` sends SIGKILL (the crash tests use it).
+``env`` adds environment variables for the node (e.g. ``{"TZ": "Asia/Tokyo"}``); ``.pid``
+is the node's process id (for /proc/<pid>/fd and status).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +29,9 @@ class NodeProcess:
         destinations: list[tuple[str, int]] = (),
         quiet_period_s: float = 2,
         overrides: dict | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.env = {**os.environ, **(env or {})}
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
@@ -59,6 +64,7 @@ class NodeProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=self.env,
         )
         log.close()
 
@@ -69,6 +75,14 @@ class NodeProcess:
 
         wait_until(ready, timeout_s, 0.1, "lungnode run to accept connections")
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def log_tail(self, lines: int = 60) -> str:
         return _log_tail(self.log_path, lines)

@@ -37,7 +37,8 @@ def make_settings(root: Path, **sections) -> Settings:
 def make_series(out_dir: Path, n: int = 5, *, sop_class: str = "1.2.840.10008.5.1.4.1.1.2",
                 image_type=("ORIGINAL", "PRIMARY", "AXIAL"), thickness: float = 1.0,
                 series_uid: str | None = None, study_uid: str | None = None,
-                modality: str = "CT", start: int = 0) -> list[Path]:
+                modality: str = "CT", start: int = 0,
+                orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)) -> list[Path]:
     """A tiny (16x16) real DICOM series written with pydicom."""
     out_dir.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
@@ -56,6 +57,7 @@ def make_series(out_dir: Path, n: int = 5, *, sop_class: str = "1.2.840.10008.5.
         ds.SliceThickness = thickness
         ds.InstanceNumber = i + 1
         ds.ImagePositionPatient = [0, 0, -float(i)]
+        ds.ImageOrientationPatient = list(orientation)
         ds.Rows = ds.Columns = 16
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1

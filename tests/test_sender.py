@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import AE, evt
 
 from node.config import Destination
@@ -39,11 +38,18 @@ def _store_with_deliveries(root: Path, files, destination: str) -> StateStore:
 
 
 @pytest.fixture
-def scheduler():
-    sched = BackgroundScheduler(timezone="UTC")
-    sched.start()
-    yield sched
-    sched.shutdown(wait=True)
+def services():
+    started = []
+
+    def make(store, settings):
+        service = DeliveryService(store, settings)
+        service.start()
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        service.stop()
 
 
 def test_send_files_arrive_at_storescp(storescp, tmp_path):
@@ -61,7 +67,7 @@ def test_echo_unreachable_is_none(tmp_path):
     assert echo(dest, make_settings(tmp_path / "root")) is None
 
 
-def test_destination_down_then_up_is_retried(tmp_path, scheduler):
+def test_destination_down_then_up_is_retried(tmp_path, services):
     port = free_port()
     dest = f"STORESCP@127.0.0.1:{port}"
     settings = make_settings(tmp_path / "root", destinations=[
@@ -69,8 +75,7 @@ def test_destination_down_then_up_is_retried(tmp_path, scheduler):
         delivery={"max_attempts": 50, "retry_initial_delay_s": 0.2, "retry_max_delay_s": 0.5})
     files = make_series(tmp_path / "out", 2, sop_class=SC, modality="OT")
     store = _store_with_deliveries(tmp_path, files, dest)
-    service = DeliveryService(store, settings, scheduler)
-    service.kick()
+    services(store, settings)
     wait_until(lambda: all(d.attempts >= 1 and d.last_error for d in store.deliveries()), 20,
                what="a failed first attempt")
     received = tmp_path / "received"
@@ -87,7 +92,7 @@ def test_destination_down_then_up_is_retried(tmp_path, scheduler):
         proc.wait()
 
 
-def test_refusing_destination_fails_after_max_attempts(tmp_path, scheduler):
+def test_refusing_destination_fails_after_max_attempts(tmp_path, services):
     ae = AE(ae_title="REFUSER")
     ae.add_supported_context(SC)
     server = ae.start_server(("127.0.0.1", 0), block=False,
@@ -98,7 +103,7 @@ def test_refusing_destination_fails_after_max_attempts(tmp_path, scheduler):
             {"ae_title": "REFUSER", "host": "127.0.0.1", "port": port}])
         files = make_series(tmp_path / "out", 2, sop_class=SC, modality="OT")
         store = _store_with_deliveries(tmp_path, files, f"REFUSER@127.0.0.1:{port}")
-        DeliveryService(store, settings, scheduler).kick()
+        services(store, settings)
         done = wait_until(lambda: (ds := store.deliveries()) and all(
             d.state == DELIVERY_FAILED for d in ds) and ds, 20, what="deliveries failed")
         for d in done:

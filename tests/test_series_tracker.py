@@ -72,7 +72,10 @@ def test_late_instances_start_revision_2_with_predecessor(node_factory, tmp_path
 @pytest.mark.parametrize("kwargs, reason", [
     ({"image_type": ("ORIGINAL", "PRIMARY", "LOCALIZER")}, "LOCALIZER"),
     ({"thickness": 8.0}, "slice thickness 8 mm"),
-    ({"n": 2}, "2 slices < 3"),
+    ({"n": 2}, "2 distinct slice positions < 3"),
+    ({"image_type": ("DERIVED", "SECONDARY", "REFORMATTED", "AVERAGE")}, "derived reconstruction"),
+    ({"image_type": ("DERIVED", "SECONDARY", "AXIAL", "MIP")}, "ImageType contains MIP"),
+    ({"orientation": (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)}, "not axial"),
     ({"sop_class": "1.2.840.10008.5.1.4.1.1.7", "modality": "OT"}, DERIVED_REASON),
 ])
 def test_rules_skip_with_reason(node_factory, tmp_path, kwargs, reason):
