@@ -12,7 +12,7 @@ from io import BytesIO
 from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.dates import DateFormatter
+from matplotlib.dates import AutoDateLocator, DateFormatter
 from matplotlib.figure import Figure
 
 SIZE_IN = (6.0, 2.6)
@@ -96,6 +96,10 @@ def course_chart(dates: Sequence[datetime], series: dict[str, Sequence[float | N
         ax.axvline(dates[current], color="#90a4ae", linestyle=":", linewidth=1)
     ax.set_ylabel("ml")
     ax.set_ylim(bottom=0)
+    if len(dates) <= 8:                    # a tick at each scan
+        ax.set_xticks(list(dates))
+    else:
+        ax.xaxis.set_major_locator(AutoDateLocator(maxticks=8, tz=timezone.utc))
     ax.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d", tz=timezone.utc))
     ax.tick_params(axis="x", labelsize=7)
     ax.set_title(title, fontsize=10)

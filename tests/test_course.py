@@ -175,3 +175,22 @@ def test_cohort_export_with_clinical_days_from_onset(tmp_path: Path):
          "--out", str(out), "--clinical", str(bad)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "onset_date" in done.stderr
+
+
+def test_a_store_of_the_previous_schema_gets_patient_scans(tmp_path: Path):
+    import sqlite3
+
+    from node.store import MIGRATIONS
+
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db)
+    for step in MIGRATIONS[:2]:             # a store written by the node before issue 9
+        step(conn.cursor())
+    conn.execute("PRAGMA user_version=2")
+    conn.commit()
+    conn.close()
+    store = StateStore(db)
+    store.record_patient_scan(PatientScan("s", 1, "st", "P", "", 1.0, "{}", None, None, 1.0))
+    assert [s.series_uid for s in store.patient_scans("P", "")] == ["s"]
+    assert store.schema_version == 3
+    store.close()
