@@ -99,6 +99,7 @@ class CourseSettings(_Strict):
     enabled: bool = True
     stable_relative_pct: float = Field(10.0, ge=0, le=100)
     stable_absolute_ml: float = Field(5.0, ge=0)
+    reissue_later_reports: bool = True
 
 
 def _is_loopback(host: str) -> bool:

@@ -823,6 +823,33 @@ class StateStore:
         )
         return [_patient_scan(r) for r in rows]
 
+    def queue_reanalysis(self, series_uid: str, reason: str,
+                         now: float | None = None) -> JobRecord | None:
+        """Queue a new revision of a done series whose spool is still there (its report must
+        be re-issued: a late prior of the same patient arrived). None when the series is not
+        done, was purged, or already has a queued or running job."""
+        now = time.time() if now is None else now
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT state, purged_at, instance_count FROM series WHERE series_uid=?",
+                (series_uid,)).fetchone()
+            if row is None or row[0] != SERIES_DONE or row[1] is not None:
+                return None
+            if cur.execute("SELECT 1 FROM jobs WHERE series_uid=? AND state IN (?,?)",
+                           (series_uid, JOB_QUEUED, JOB_RUNNING)).fetchone():
+                return None
+            revision = 1 + cur.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(revision) FROM results WHERE series_uid=?),0),"
+                " COALESCE((SELECT MAX(revision) FROM jobs WHERE series_uid=?),0))",
+                (series_uid, series_uid)).fetchone()[0]
+            cur.execute(
+                "INSERT INTO jobs (series_uid, revision, state, instance_count, created_at)"
+                " VALUES (?,?,?,?,?)", (series_uid, revision, JOB_QUEUED, row[2], now))
+            job_id = cur.lastrowid
+            cur.execute("UPDATE series SET state=?, reason=? WHERE series_uid=?",
+                        (SERIES_QUEUED, reason, series_uid))
+        return self.job(job_id)
+
     def patient_of_study(self, study_uid: str) -> tuple[str, str] | None:
         """(patient_id, issuer_of_patient_id) of an analysed study, None if unknown."""
         rows = self._query(

@@ -1,7 +1,11 @@
 """The patient's course end to end (issue 9): three phantom studies of one patient with
 growing then shrinking lesions of known volumes and dates go through dcmtk storescu to the
 real node (``lungnode run``) and on to Orthanc; each SR in Orthanc carries the comparison
-with the prior study, matching the phantoms' truth and dates."""
+with the prior study, matching the phantoms' truth and dates.
+
+The middle study is sent last (a late prior): the course follows acquisition dates, and the
+report of the study acquired after it is re-issued (revision 2, amending the first SR) so
+that it compares with the right prior."""
 
 from __future__ import annotations
 
@@ -77,13 +81,18 @@ def group_references(group) -> dict[str, str]:
             for i in group.ContentSequence if i.ValueType == "COMPOSITE"}
 
 
-def _sr_in_pacs(orthanc, study_uid: str):
+def _srs_in_pacs(orthanc, study_uid: str) -> list[str]:
+    found = []
     for series in orthanc.series_of_study(study_uid):
         for instance_id in series["Instances"]:
             tags = orthanc.get(f"/instances/{instance_id}/simplified-tags")
             if tags.get("SOPClassUID") == COMPREHENSIVE_3D_SR:
-                return instance_id
-    return None
+                found.append(instance_id)
+    return found
+
+
+SEND_ORDER = (0, 2, 1)                 # the scan of day 7 arrives last
+SRS_EXPECTED = {0: 1, 1: 1, 2: 2}      # study 2's report is re-issued
 
 
 def _close(measured: float, truth: float, rel: float, abs_ml: float) -> bool:
@@ -96,23 +105,39 @@ def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc
         truths.append(write_phantom(tmp_path / f"study{index}", seed=5, lesion_scale=scale,
                                     patient_id=PATIENT, study_date=date))
     assert len({t["study_instance_uid"] for t in truths}) == 3
-    srs, documents = [], []
+    srs: dict[int, pydicom.Dataset] = {}
+    first_srs: dict[int, pydicom.Dataset] = {}
+    documents: dict[int, dict] = {}
     with NodeProcess(tmp_path / "node", destinations=[(orthanc.aet, orthanc.dicom_port)],
                      overrides={"analysis": {"engine": "threshold"}}) as node:
-        for index, truth in enumerate(truths):
+        for step, index in enumerate(SEND_ORDER):
             files = sorted((tmp_path / f"study{index}").glob("*.dcm"))
             assert storescu(files, node.port, aec=node.ae_title).returncode == 0
-            try:
-                instance = wait_until(lambda uid=truth["study_instance_uid"]: _sr_in_pacs(orthanc, uid),
-                                      600, 0.5, f"SR of study {index} in Orthanc")
-            except TimeoutError:
-                pytest.fail(f"no SR for study {index}; node log:\n{node.log_tail()}")
-            path = tmp_path / f"sr{index}.dcm"
-            path.write_bytes(orthanc.instance_file(instance))
-            assert dciodvfy_errors(path) == [], f"dciodvfy errors in SR {index}"
-            srs.append(pydicom.dcmread(path))
+            # wait for this study's report (and, once the late prior is in, for the re-issue)
+            waits = [index] + ([2] if step == len(SEND_ORDER) - 1 else [])
+            for study in waits:
+                uid = truths[study]["study_instance_uid"]
+                count = SRS_EXPECTED[study] if step == len(SEND_ORDER) - 1 else 1
+                try:
+                    wait_until(lambda uid=uid, count=count: len(_srs_in_pacs(orthanc, uid)) >= count,
+                               600, 0.5, f"{count} SR(s) of study {study} in Orthanc")
+                except TimeoutError:
+                    pytest.fail(f"no SR for study {study}; node log:\n{node.log_tail()}")
+        for index, truth in enumerate(truths):
+            instances = _srs_in_pacs(orthanc, truth["study_instance_uid"])
+            assert len(instances) == SRS_EXPECTED[index]
+            for n, instance in enumerate(instances):
+                path = tmp_path / f"sr{index}-{n}.dcm"
+                path.write_bytes(orthanc.instance_file(instance))
+                assert dciodvfy_errors(path) == [], f"dciodvfy errors in SR {index}"
+                ds = pydicom.dcmread(path)
+                if "PredecessorDocumentsSequence" in ds or len(instances) == 1:
+                    srs[index] = ds
+                else:
+                    first_srs[index] = ds
             outbox = node.storage / "outbox" / truth["series_instance_uid"]
-            documents.append(json.loads(next(outbox.rglob("measurements.json")).read_text()))
+            latest = max((p for p in outbox.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+            documents[index] = json.loads((latest / "measurements.json").read_text())
         # the researcher's export of the same store, joined with the clinical dates
         clinical = tmp_path / "clinical.csv"
         clinical.write_text(f"patient_id,onset_date,group\n{PATIENT},2020-03-27,moderate\n")
@@ -127,8 +152,14 @@ def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc
         (PATIENT, "2020-04-01", 0.0, 5, "moderate"), (PATIENT, "2020-04-08", 7.0, 12, "moderate"),
         (PATIENT, "2020-04-20", 19.0, 24, "moderate")]
     assert [float(r["lesion_pct"]) for r in rows] == pytest.approx(
-        [d["lesion_pct"] for d in documents])
+        [documents[i]["lesion_pct"] for i in range(3)])
 
+    # the re-issued report amends the first one, which compared with the wrong prior
+    amended = srs[2].PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert amended.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first_srs[2].SOPInstanceUID
+    first_days = group_numbers(comparison_group(first_srs[2], "Change since prior: whole lung"))
+    assert first_days[("Days since prior scan", None)] == pytest.approx(19.0)
+    assert documents[2]["revision"] == 2
     # the first scan has no prior: a summary, no comparison group
     assert comparison_group(srs[0], "Change since prior: whole lung") is None
     assert documents[0]["course"]["current_index"] == 0
@@ -141,7 +172,7 @@ def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc
         assert group is not None, f"SR {index} has no comparison"
         numbers = group_numbers(group)
         assert numbers[("Days since prior scan", None)] == pytest.approx(days[index - 1])
-        assert numbers[("Number of scans in course", None)] == index + 1
+        assert numbers[("Number of scans in course", None)] == 3
         for concept, key in (("Lesion volume (GGO and consolidation)", "lesion_volume_ml"),
                              ("Ground glass opacity volume", "ggo_volume_ml"),
                              ("Consolidation volume", "consolidation_volume_ml")):
@@ -181,11 +212,12 @@ def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc
         assert len(summary) == 1 and word in summary[0], summary
         course = documents[index]["course"]
         assert course["trend"] == word
+        assert course["current_index"] == index
         assert [s["study_instance_uid"] for s in course["scans"]] == [
-            t["study_instance_uid"] for t in truths[: index + 1]]
+            t["study_instance_uid"] for t in truths]
         points = course["measures"]["lesion_volume_ml"]["points"]
         assert [p["value"] for p in points] == pytest.approx(
-            [d["lesion_volume_ml"] for d in documents[: index + 1]])
+            [documents[i]["lesion_volume_ml"] for i in range(3)])
         assert points[index]["days_since_prior"] == pytest.approx(days[index - 1])
 
     # the trend plot of the course (the status page's chart), kept for the docs
