@@ -2,7 +2,7 @@
 
 lungnode run [--config FILE] [--ae-title T] [--port N] [--storage DIR] [--destination AE@host:port ...]
 lungnode analyze <dicom-dir> --out <dir> [--config FILE] [--engine unet|threshold]
-lungnode phantom --out <dir> [--seed N]
+lungnode phantom --out <dir> [--seed N] [--lesion-scale F] [--patient-id ID] [--study-date YYYYMMDD]
 lungnode send <path> --to AE@host:port
 lungnode echo AE@host:port
 lungnode status
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--slices", type=int, default=120, help="number of slices (default 120)")
     phantom.add_argument("--size", type=int, default=256, help="rows and columns (default 256)")
+    phantom.add_argument("--lesion-scale", type=float, default=1.0,
+                         help="scale of the lesions' radii (serial scans of one patient; default 1)")
+    phantom.add_argument("--patient-id", help="Patient ID (default PHANTOM-<seed>)")
+    phantom.add_argument("--study-date", default="20200401", help="YYYYMMDD (default 20200401)")
 
     send = commands.add_parser("send", help="send DICOM files (a file or a folder) with C-STORE")
     send.add_argument("path", type=Path)
@@ -276,7 +280,9 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
     _configure_logging("WARNING", args.verbose)
     _progress(f"writing a {args.slices}-slice {args.size}x{args.size} phantom (seed {args.seed}) to {args.out}")
-    truth = write_phantom(args.out, seed=args.seed, slices=args.slices, size=args.size)
+    truth = write_phantom(args.out, seed=args.seed, slices=args.slices, size=args.size,
+                          lesion_scale=args.lesion_scale, patient_id=args.patient_id,
+                          study_date=args.study_date)
     print(json.dumps({k: truth[k] for k in ("lung_volume_ml", "ggo_volume_ml", "consolidation_volume_ml")}))
     return EXIT_OK
 
