@@ -99,6 +99,7 @@ def _close(measured: float, truth: float, rel: float, abs_ml: float) -> bool:
     return abs(measured - truth) <= max(rel * abs(truth), abs_ml)
 
 
+@pytest.mark.timeout(1200)  # four (two) phantom analyses on a shared 2-core machine
 def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc, tmp_path: Path):
     truths = []
     for index, (date, scale) in enumerate(SCANS):

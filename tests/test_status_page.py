@@ -57,6 +57,7 @@ def _has_colour(pixels: np.ndarray, rgb: tuple[int, int, int], tol: int = 12, at
     return int(close.sum()) >= at_least
 
 
+@pytest.mark.timeout(1200)  # four (two) phantom analyses on a shared 2-core machine
 def test_status_page_in_chromium_shows_queue_deliveries_studies_and_course(tmp_path: Path):
     # two scans of one patient, a week apart, lesions growing
     studies = []
