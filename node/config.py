@@ -34,6 +34,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ReceiverTlsSettings(_Strict):
+    """DICOM TLS on the receiver (``network.tls``); PEM files."""
+
+    certificate: Path
+    key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> "ReceiverTlsSettings":
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates (the CA that "
+                             "signs the clients' certificates)")
+        return self
+
+
+class DestinationTlsSettings(_Strict):
+    """DICOM TLS to one destination (``destinations[].tls``); PEM files."""
+
+    ca_certificates: Path
+    certificate: Path | None = None
+    key: Path | None = None
+    server_hostname: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> "DestinationTlsSettings":
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("certificate and key go together (the node's client certificate)")
+        return self
+
+
 class NetworkSettings(_Strict):
     ae_title: str = "LUNGNODE"
     bind_address: str = "127.0.0.1"
@@ -44,6 +75,8 @@ class NetworkSettings(_Strict):
     dimse_timeout_s: float = Field(60, gt=0)
     network_timeout_s: float = Field(120, gt=0)
     max_pdu_bytes: int = Field(131072, ge=0)
+    pdu_timeout_s: float = Field(10, gt=0)
+    tls: ReceiverTlsSettings | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -56,6 +89,7 @@ class NetworkSettings(_Strict):
 class StorageSettings(_Strict):
     root: Path = Path("./var")
     min_free_mb: int = Field(512, ge=0)
+    max_instance_mb: int = Field(2048, ge=1)
     retention_days: float = Field(30, gt=0)
 
 
@@ -142,6 +176,7 @@ class Destination(_Strict):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: DestinationTlsSettings | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -239,7 +274,39 @@ def load_settings(path: Path | None = None, overrides: dict | None = None) -> Se
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"root": root})}
         )
-    return settings
+    return _resolve_tls_files(settings, Path.cwd() if embedded else config_path.resolve().parent,
+                              str(config_path))
+
+
+_TLS_FILE_KEYS = ("certificate", "key", "ca_certificates")
+
+
+def _resolve_tls_files(settings: Settings, base: Path, source: str) -> Settings:
+    """Relative TLS file paths resolve against ``base`` (the config file's folder); every
+    one must be a readable file (the error names the key)."""
+
+    def resolved(tls, key_prefix: str):
+        update = {}
+        for name in _TLS_FILE_KEYS:
+            value = getattr(tls, name)
+            if value is None:
+                continue
+            path = Path(value) if Path(value).is_absolute() else (base / value).resolve()
+            if not path.is_file():
+                raise ConfigError(f"invalid configuration in {source}:\n"
+                                  f"  {key_prefix}.{name}: file not found: {path}")
+            update[name] = path
+        return tls.model_copy(update=update)
+
+    network = settings.network
+    if network.tls is not None:
+        network = network.model_copy(update={"tls": resolved(network.tls, "network.tls")})
+    destinations = tuple(
+        d.model_copy(update={"tls": resolved(d.tls, f"destinations.{i}.tls")})
+        if d.tls is not None else d
+        for i, d in enumerate(settings.destinations)
+    )
+    return settings.model_copy(update={"network": network, "destinations": destinations})
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

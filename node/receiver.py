@@ -13,24 +13,29 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import socket
+import socketserver
 import threading
 import time
+import weakref
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Callable
 
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
-from pynetdicom import AE, _config, dimse_messages, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node._fastscp import FastRequestHandler
+from node import _pynetdicom_adapter, tls
 from node.ae import configured_ae
+from node.association_log import AssociationLog
 from node.config import Settings
+from node.pdu_guard import GuardedConnection
 from node.spool import OutOfSpace, Spool, write_atomically
 from node.store import InstanceRecord, StateStore
 from node.uids import InvalidUID, sanitize_uid
@@ -80,6 +85,10 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 _LAST_HEADER_TAG = 0x0020000E  # SeriesInstanceUID: nothing after it is read on receipt
 
 
+class InstanceTooLarge(Exception):
+    """The instance goes over ``storage.max_instance_mb``: refused, nothing kept."""
+
+
 class _Refused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -105,6 +114,10 @@ class StoreContext:
     spool: Spool
     store: StateStore
     on_instance: Callable[[StoredInstance], None] | None = None
+    #: refuse instances larger than this (``storage.max_instance_mb``); None: no limit
+    max_instance_bytes: int | None = None
+    #: counts for the per-association log line (node.association_log)
+    assoc_log: AssociationLog | None = None
 
 
 def _read_header_from(fp, transfer_syntax: str) -> tuple[str, str, str, str]:
@@ -151,14 +164,17 @@ class _Received:
     incoming/, still open, see ``_IncomingFile``) or, for callers that keep datasets in
     memory, the encoded bytes."""
 
-    def __init__(self, event) -> None:
+    def __init__(self, event, max_bytes: int | None = None) -> None:
         self.event = event
-        path = getattr(event.request, "_dataset_path", None)
+        try:
+            path = event.dataset_path  # set when the dataset was streamed to a file
+        except AttributeError:
+            path = None
         self.temp_path: Path | None = Path(path) if path else None
         self.chunks: tuple = ()
         self.head = b""
         self.fd: int | None = None
-        stream = getattr(event.request, "_dataset_file", None)
+        stream = _IncomingFile.open_files.get(str(path)) if path else None
         error = getattr(stream, "error", None)
         if error is not None:
             raise error
@@ -168,6 +184,8 @@ class _Received:
             write_file_meta_info(meta, event.file_meta, enforce_standard=True)
             self.chunks = (meta.getvalue(), event.request.DataSet.getbuffer())
             self.size = len(self.chunks[0]) + len(self.chunks[1])
+            if max_bytes is not None and self.size > max_bytes:
+                raise InstanceTooLarge(_too_large(max_bytes))
         elif isinstance(stream, _IncomingFile) and not stream.closed:
             self.size = stream.size
             self.head = bytes(stream.head)
@@ -221,14 +239,32 @@ class _Received:
         return spool.quarantine(chunks, reason)
 
 
-def handle_store(event, ctx: StoreContext) -> int:
-    """EVT_C_STORE handler: spool, record, then answer. Returns a C-STORE status."""
+def _too_large(max_bytes: int) -> str:
+    return f"instance over storage.max_instance_mb ({max_bytes // (1024 * 1024)} MB)"
+
+
+def handle_store(event, ctx: StoreContext) -> Dataset:
+    """EVT_C_STORE handler: spool, record, then answer. Returns the C-STORE response's
+    Status and, for a refusal, an Error Comment (0000,0902) with the reason."""
+    status, series, reason = _store(event, ctx)
+    if ctx.assoc_log is not None:
+        ctx.assoc_log.stored(event.assoc, series, status == STATUS_SUCCESS)
+    rsp = Dataset()
+    rsp.Status = status
+    if reason:
+        rsp.ErrorComment = reason[:64]  # LO
+    return rsp
+
+
+def _store(event, ctx: StoreContext) -> tuple[int, str | None, str | None]:
+    """(status, series UID or None, reason of a refusal or None)."""
     req = event.request
     calling_ae = str(event.assoc.requestor.ae_title).strip()
     received: _Received | None = None
+    series = None
     try:
         try:
-            received = _Received(event)
+            received = _Received(event, ctx.max_instance_bytes)
             sop_uid = sanitize_uid(req.AffectedSOPInstanceUID, "Affected SOP Instance UID")
             sop_class = sanitize_uid(req.AffectedSOPClassUID, "Affected SOP Class UID")
             study, series, ds_sop, ds_class = received.header()
@@ -236,7 +272,7 @@ def handle_store(event, ctx: StoreContext) -> int:
             series = sanitize_uid(series, "SeriesInstanceUID")
         except InvalidUID as exc:
             raise _Refused(STATUS_CANNOT_UNDERSTAND, str(exc)) from exc
-        except OSError:
+        except (OSError, InstanceTooLarge):
             raise
         except Exception as exc:  # pydicom decodes lazily: any parse error lands here
             raise _Refused(STATUS_CANNOT_UNDERSTAND, f"cannot read the dataset: {exc!r}") from exc
@@ -253,7 +289,7 @@ def handle_store(event, ctx: StoreContext) -> int:
             if received.same_as(path) and ctx.store.instance(sop_uid) is not None:
                 LOG.info("series %s: duplicate instance %s (identical), nothing to do",
                          series, sop_uid)
-                return STATUS_SUCCESS
+                return STATUS_SUCCESS, series, None
             replaced = True
         received.commit_to(ctx.spool, path)
         now = time.time()
@@ -267,23 +303,28 @@ def handle_store(event, ctx: StoreContext) -> int:
                         "replaced", series, sop_uid)
     except _Refused as refusal:
         _quarantine(ctx, received, event, refusal.reason)
-        return refusal.status
+        return refusal.status, None, refusal.reason
+    except InstanceTooLarge as exc:  # the partial file is already gone (_IncomingFile)
+        LOG.warning("refused C-STORE from %s: %s (nothing kept)", calling_ae, exc)
+        if received is not None and received.temp_path is not None:
+            received.temp_path.unlink(missing_ok=True)
+        return STATUS_OUT_OF_RESOURCES, None, str(exc)
     except OutOfSpace as exc:
         LOG.error("refusing C-STORE from %s: out of space: %s", calling_ae, exc)
-        return STATUS_OUT_OF_RESOURCES
+        return STATUS_OUT_OF_RESOURCES, None, "out of space"
     except OSError as exc:  # ENOSPC, EIO...: nothing was committed, the temp file is gone
         LOG.error("refusing C-STORE from %s: cannot write: %s", calling_ae, exc)
-        return STATUS_OUT_OF_RESOURCES
+        return STATUS_OUT_OF_RESOURCES, None, "cannot write"
     except Exception:
         LOG.exception("bug while storing an instance from %s", calling_ae)
         _quarantine(ctx, received, event, "internal error while storing (see the node's log)")
-        return STATUS_CANNOT_UNDERSTAND
+        return STATUS_CANNOT_UNDERSTAND, None, "internal error"
     if ctx.on_instance is not None:
         try:
             ctx.on_instance(StoredInstance(series, study, sop_uid, sop_class, now))
         except Exception:  # the instance is safe; the tracker re-arms from the store at start
             LOG.exception("series %s: series tracker failed on instance %s", series, sop_uid)
-    return STATUS_SUCCESS
+    return STATUS_SUCCESS, series, None
 
 
 def _quarantine(ctx: StoreContext, received: "_Received | None", event, reason: str) -> None:
@@ -312,37 +353,6 @@ def make_ae(settings: Settings) -> AE:
     return ae
 
 
-class _Server(ThreadedAssociationServer):
-    daemon_threads = True
-    incoming_dir: Path | None = None
-
-
-_streaming_enabled = False
-
-
-def _enable_streamed_reception() -> None:
-    """Make pynetdicom stream each received dataset to a Part 10 temp file while it arrives
-    (``STORE_RECV_CHUNKED_DATASET``), in the incoming/ directory of the receiving node, so
-    the write overlaps the transfer and the handler only fsyncs and renames.
-
-    Process-wide pynetdicom settings: ``_config.STORE_RECV_CHUNKED_DATASET`` and the temp
-    file factory of ``pynetdicom.dimse_messages``. The factory uses the directory set on the
-    DUL thread by ``node._fastscp`` (the system temp dir for other acceptors)."""
-    global _streaming_enabled
-    if _streaming_enabled:
-        return
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = _incoming_temp_file
-    _streaming_enabled = True
-
-
-def _incoming_temp_file(*, suffix: str = "", **_kwargs) -> "_IncomingFile":
-    """Replaces ``tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=...)`` in
-    pynetdicom's DIMSE decoder."""
-    directory = getattr(threading.current_thread(), "incoming_dir", None)
-    return _IncomingFile(Path(directory or tempfile.gettempdir()), suffix)
-
-
 #: Bytes of the start of each received file kept in memory, so that the handler reads the
 #: header (file meta + elements up to SeriesInstanceUID) without re-reading the file.
 _HEAD_BYTES = 16384
@@ -359,9 +369,17 @@ class _IncomingFile:
     A write error (ENOSPC, EIO) must not escape into pynetdicom's DUL thread (it would abort
     the association): it is kept in ``error``, the partial file is removed at once (freeing
     the space) and the rest of the instance is discarded; the C-STORE handler then answers
-    0xA700 and the association goes on."""
+    0xA700 and the association goes on. Going over ``max_bytes`` is handled the same way
+    (``InstanceTooLarge``): nothing of an instance over ``storage.max_instance_mb`` is kept.
 
-    def __init__(self, directory: Path, suffix: str = "") -> None:
+    ``open_files`` finds the file of a received dataset by name (``event.dataset_path``);
+    a file whose association ended before the handler ran (an abort mid-dataset) is closed
+    and removed when pynetdicom drops it."""
+
+    open_files: "weakref.WeakValueDictionary[str, _IncomingFile]" = weakref.WeakValueDictionary()
+
+    def __init__(self, directory: Path, suffix: str = "", max_bytes: int | None = None) -> None:
+        self._fd = -1
         while True:
             name = str(directory / f".rx-{os.urandom(8).hex()}{suffix}")
             try:
@@ -372,7 +390,9 @@ class _IncomingFile:
                 continue
         self.name = name
         self.file = self  # pynetdicom calls ``.file.flush()``
-        self.error: OSError | None = None
+        self.error: Exception | None = None
+        self.max_bytes = max_bytes
+        _IncomingFile.open_files[name] = self
         self.size = 0
         self.head = bytearray()
 
@@ -383,7 +403,15 @@ class _IncomingFile:
     def closed(self) -> bool:
         return self._fd < 0
 
-    def _failed(self, exc: OSError) -> None:
+    def __del__(self) -> None:
+        if self._fd >= 0:  # never handed to the handler (association ended mid-dataset)
+            self._close_fd()
+            try:
+                os.unlink(self.name)
+            except OSError:
+                pass
+
+    def _failed(self, exc: Exception) -> None:
         self.error = exc
         try:
             os.unlink(self.name)
@@ -394,6 +422,8 @@ class _IncomingFile:
     def write(self, data) -> int:
         view = memoryview(data)
         n = len(view)
+        if self.error is None and self.max_bytes is not None and self.size + n > self.max_bytes:
+            self._failed(InstanceTooLarge(_too_large(self.max_bytes)))
         if self.error is None:
             if len(self.head) < _HEAD_BYTES:
                 self.head += view[:_HEAD_BYTES - len(self.head)]
@@ -424,12 +454,56 @@ class _IncomingFile:
             self.error = exc
 
 
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with ``get_request`` (a ``socketserver`` method) doing
+    what every accepted connection needs before pynetdicom sees it: the read timeout for
+    stalled and partial PDUs (``network.pdu_timeout_s``), TCP_NODELAY, TLS with the
+    handshake left to the connection's own thread (a client that stalls its handshake cannot
+    block the accept loop) and the PDU length guard (node.pdu_guard)."""
+
+    daemon_threads = True
+    pdu_timeout_s: float = 30.0
+    max_pdu_bytes: int = 0
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        try:
+            sock.settimeout(self.pdu_timeout_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            sock.close()
+            raise
+        return GuardedConnection(sock, address, self.max_pdu_bytes, self.pdu_timeout_s), address
+
+    def shutdown(self) -> None:
+        """Stop serving and close the listening socket (``socketserver``'s shutdown: this
+        server was made with ``AE.make_server``, not registered with the AE)."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
+def _closed_before_request(event) -> None:
+    """The connection is gone (state machine back to Sta1: closed by the peer, by the PDU
+    guard, or after an A-ABORT for an invalid PDU) before any A-ASSOCIATE-RQ was read: free
+    the association slot now rather than after the ACSE timeout (node._pynetdicom_adapter).
+    """
+    if event.next_state == "Sta1" and event.assoc.requestor.primitive is None:
+        _pynetdicom_adapter.end_acceptor_wait(event.assoc)
+
+
 class Receiver:
     """The SCP: ``start()`` listens (port 0 picks a free one, see ``port``), ``stop()``."""
 
     def __init__(self, settings: Settings, ctx: StoreContext) -> None:
         self.settings = settings
         self.ctx = ctx
+        if ctx.max_instance_bytes is None:
+            ctx.max_instance_bytes = settings.storage.max_instance_mb * 1024 * 1024
+        if ctx.assoc_log is None:
+            ctx.assoc_log = AssociationLog()
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -439,32 +513,39 @@ class Receiver:
             raise RuntimeError("receiver not started")
         return self._server.server_address[1]
 
+    def _open_incoming(self, suffix: str) -> _IncomingFile:
+        return _IncomingFile(self.ctx.spool.incoming_dir, suffix, self.ctx.max_instance_bytes)
+
     def start(self) -> None:
-        _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's per-message debug formatting
+        _config.LOG_HANDLER_LEVEL = "none"  # documented option: no per-message debug formatting
         ae = make_ae(self.settings)
         handlers = [
             (evt.EVT_C_STORE, handle_store, [self.ctx]),
             (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
+            (evt.EVT_CONN_CLOSE, self.ctx.assoc_log.on_close),
+            (evt.EVT_FSM_TRANSITION, _closed_before_request),
         ]
         net = self.settings.network
-        _enable_streamed_reception()
+        ssl_context = tls.server_context(net.tls) if net.tls is not None else None
         self._server = ae.make_server(
             (net.bind_address, net.port), evt_handlers=handlers, server_class=_Server,
-            request_handler=FastRequestHandler,
+            ssl_context=ssl_context,
         )
-        self._server.incoming_dir = self.ctx.spool.incoming_dir
-        ae._servers.append(self._server)  # as AE.start_server does; shutdown() expects it
+        self._server.pdu_timeout_s = net.pdu_timeout_s
+        self._server.max_pdu_bytes = net.max_pdu_bytes
+        _pynetdicom_adapter.register(self.port, self._open_incoming)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
             name="receiver", daemon=True,
         )
         self._thread.start()
-        LOG.info("receiving as %s on %s:%s", net.ae_title, net.bind_address, self.port)
+        LOG.info("receiving as %s on %s:%s%s", net.ae_title, net.bind_address, self.port,
+                 " (DICOM TLS)" if ssl_context is not None else "")
 
     def stop(self) -> None:
         if self._server is not None:
+            _pynetdicom_adapter.unregister(self.port)
             self._server.shutdown()
-            self._server.server_close()
             for assoc in list(self._server.active_associations):
                 assoc.abort()
             self._server = None

@@ -38,6 +38,7 @@ from typing import Sequence
 import pydicom
 from pynetdicom import AE, evt
 
+from node import tls
 from node.ae import configured_ae
 from node.config import Destination, Settings
 from node.poller import Poller
@@ -115,7 +116,7 @@ def _associate(ae: AE, destination: Destination, negotiation: _Negotiation | Non
         handlers.append((evt.EVT_ACSE_RECV, negotiation.record))
     return ae.associate(
         destination.host, destination.port, ae_title=destination.ae_title,
-        evt_handlers=handlers,
+        evt_handlers=handlers, tls_args=tls.client_args(destination),
     )
 
 

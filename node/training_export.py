@@ -61,7 +61,8 @@ def _union(seg: hd.seg.Segmentation, series: LoadedSeries, numbers: Sequence[int
         )
     except (KeyError, ValueError, RuntimeError) as exc:
         raise TrainingExportError(f"the SEG does not line up with this CT series: {exc}") from exc
-    return pixels.any(axis=-1)
+    # Frames come in source stack order and pixel layout; the CT volume is canonical LPS.
+    return np.ascontiguousarray(series.to_canonical(pixels.any(axis=-1)))
 
 
 def export_training_pair(

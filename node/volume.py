@@ -23,7 +23,20 @@ Checks, in order:
 * pixel data decodable (transfer syntax named when it is not).
 
 Slices are sorted by the dot product of Image Position (Patient) with the slice normal,
-never by z alone, and no slice is ever dropped. HU values are kept as stored after the
+never by z alone, and no slice is ever dropped.
+
+Canonical orientation: the sorted stack (slice k, row r, column c) is then reoriented by an
+axis permutation and flips (no resampling) to the canonical LPS layout of
+``segmentation.types.Volume``: ``hu[z, y, x]`` with x toward the patient's Left, y toward
+Posterior, z toward Superior. Each stack axis goes to the patient axis it is nearest to
+(the permutation maximising the summed |cosines|); a series whose axes are more than
+``OBLIQUE_MAX_DEG`` from every patient axis is refused. Head-first or feet-first, supine or
+prone, mirrored or transposed in-plane layouts, sagittal and coronal stacks all give the same
+canonical array for the same anatomy. ``LoadedSeries.to_source`` maps a canonical mask back to
+the source stack (so DICOM-SEG frames are written on the source slices, in their pixel layout)
+and ``to_canonical`` maps a source-stack array (e.g. a SEG read back) to the canonical grid.
+``source_datasets``, ``paths``, ``sop_instance_uids``, ``slice_positions_mm`` and
+``image_positions_patient`` stay in the source stack's slice order (k). HU values are kept as stored after the
 rescale (padding such as -2048 or -3024 outside the field of view stays as it is).
 """
 
@@ -59,6 +72,8 @@ PIXEL_SPACING_TOL_MM = 1e-4
 #: Largest allowed in-plane drift between successive slice origins, in mm per slice step
 #: relative to the step (tan of the tilt angle): 0.001 ~ 0.06 degrees.
 TILT_TOL = 1e-3
+#: Largest angle between a stack axis and the patient axis it is mapped to, in degrees.
+OBLIQUE_MAX_DEG = 30.0
 #: Fewest slices that make a volume.
 MIN_SLICES = 2
 
@@ -70,16 +85,89 @@ class VolumeError(Exception):
     """The files are not one loadable CT volume; the message says which files and why."""
 
 
+@dataclass(frozen=True)
+class Reorientation:
+    """How the source stack (k, r, c) becomes the canonical (z, y, x) array.
+
+    axes: canonical axis a is source axis ``axes[a]`` (0 = slice k, 1 = row r, 2 = column c).
+    flips: canonical axis a is reversed after the transpose.
+    """
+
+    axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.axes == (0, 1, 2) and not any(self.flips)
+
+    def to_canonical(self, source: np.ndarray) -> np.ndarray:
+        """A (k, r, c[, ...]) source-stack array as a canonical (z, y, x[, ...]) view."""
+        extra = tuple(range(3, source.ndim))
+        out = np.transpose(source, self.axes + extra)
+        flip_axes = tuple(a for a in range(3) if self.flips[a])
+        return np.flip(out, flip_axes) if flip_axes else out
+
+    def to_source(self, canonical: np.ndarray) -> np.ndarray:
+        """A canonical (z, y, x[, ...]) array as a source-stack (k, r, c[, ...]) view."""
+        flip_axes = tuple(a for a in range(3) if self.flips[a])
+        out = np.flip(canonical, flip_axes) if flip_axes else canonical
+        inverse = tuple(int(i) for i in np.argsort(self.axes))
+        return np.transpose(out, inverse + tuple(range(3, canonical.ndim)))
+
+    def source_shape(self, canonical_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        shape = [0, 0, 0]
+        for a, src in enumerate(self.axes):
+            shape[src] = canonical_shape[a]
+        return tuple(shape)
+
+
+#: Patient axis (index into an LPS (x, y, z) vector) of canonical array axes z, y, x.
+_CANONICAL_LPS_AXIS = (2, 1, 0)
+
+
+def choose_reorientation(row_cosines, column_cosines, normal) -> tuple[Reorientation, np.ndarray]:
+    """(Reorientation, canonical direction) for a stack with these DICOM direction cosines.
+
+    The stack's axes are (slice k along ``normal``, row r along ``column_cosines``, column c
+    along ``row_cosines``), all in LPS (x, y, z). The direction returned is the 3x3 matrix of
+    ``segmentation.types.Volume.direction``: row a = canonical axis a in (S, P, L) components.
+    Raises VolumeError when an axis is more than OBLIQUE_MAX_DEG from its patient axis.
+    """
+    source_dirs = np.array([normal, column_cosines, row_cosines], dtype=np.float64)
+    best, best_score = None, -1.0
+    for perm in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
+        score = sum(abs(source_dirs[perm[a], _CANONICAL_LPS_AXIS[a]]) for a in range(3))
+        if score > best_score + 1e-12:
+            best, best_score = perm, score
+    cosines = [source_dirs[best[a], _CANONICAL_LPS_AXIS[a]] for a in range(3)]
+    worst = float(np.degrees(np.arccos(min(1.0, min(abs(c) for c in cosines)))))
+    if worst > OBLIQUE_MAX_DEG:
+        raise VolumeError(
+            f"oblique acquisition: an image axis is {worst:.1f} degrees from the nearest patient "
+            f"axis (at most {OBLIQUE_MAX_DEG:g} supported; Image Orientation (Patient) "
+            f"{tuple(round(float(v), 4) for v in (*row_cosines, *column_cosines))}); "
+            "resample to an axial grid first"
+        )
+    flips = tuple(bool(c < 0) for c in cosines)
+    direction = np.array([
+        (-1.0 if flips[a] else 1.0) * source_dirs[best[a]][[2, 1, 0]] for a in range(3)
+    ])
+    return Reorientation(axes=tuple(int(i) for i in best), flips=flips), direction
+
+
 @dataclass(frozen=True, eq=False)
 class LoadedSeries:
     """One CT series as an HU volume plus what the DICOM outputs need.
 
-    volume: HU (int16 when every slice rescales to integers within int16, else float32),
-        indexed (z, y, x) with z increasing along the slice normal; spacing (z, y, x) mm.
-    source_datasets: the slice headers (no Pixel Data) in the volume's z order.
-    paths: the files in the volume's z order.
-    slice_positions_mm: position of each slice along the normal (dot(IPP, normal)), z order.
-    image_positions_patient: (n, 3) Image Position (Patient) of each slice, z order.
+    volume: HU (int16 when every slice rescales to integers within int16, else float32) in
+        the canonical LPS layout (z, y, x) of segmentation.types.Volume, with its spacing,
+        direction and origin.
+    reorientation: how the source stack maps to ``volume.hu`` (see ``to_source``).
+    source_datasets: the slice headers (no Pixel Data) in source stack order k (increasing
+        position along the slice normal).
+    paths: the files in source stack order.
+    slice_positions_mm: position of each slice along the normal (dot(IPP, normal)), k order.
+    image_positions_patient: (n, 3) Image Position (Patient) of each slice, k order.
     image_orientation_patient: the six direction cosines shared by all slices.
     slice_normal: unit normal (row cosines x column cosines).
     """
@@ -96,15 +184,38 @@ class LoadedSeries:
     image_orientation_patient: tuple[float, ...]
     slice_normal: tuple[float, float, float]
     transfer_syntax_uids: frozenset[str]
+    reorientation: Reorientation = Reorientation((0, 1, 2), (False, False, False))
 
     @property
     def n_slices(self) -> int:
         return len(self.source_datasets)
 
+    @property
+    def source_shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns) of the source stack."""
+        return self.reorientation.source_shape(self.volume.hu.shape)
 
-def load_series(paths: Sequence[Path]) -> LoadedSeries:
+    def to_source(self, canonical: np.ndarray) -> np.ndarray:
+        """A canonical (z, y, x[, ...]) array on the source stack (k, r, c[, ...]), a view."""
+        if canonical.shape[:3] != self.volume.hu.shape:
+            raise ValueError(f"array {canonical.shape} is not on the volume grid {self.volume.hu.shape}")
+        return self.reorientation.to_source(canonical)
+
+    def to_canonical(self, source: np.ndarray) -> np.ndarray:
+        """A source-stack (k, r, c[, ...]) array on the canonical grid (z, y, x[, ...]), a view."""
+        if source.shape[:3] != self.source_shape:
+            raise ValueError(f"array {source.shape} is not on the source stack {self.source_shape}")
+        return self.reorientation.to_canonical(source)
+
+
+def load_series(paths: Sequence[Path], *, require_valid_uids: bool = True) -> LoadedSeries:
     """Load the single-frame CT files in ``paths`` (any order) as one checked HU volume.
 
+    require_valid_uids: False only for reading files directly for evaluation (e.g. the
+        COVID-CT-MD samples, whose UIDs are UUID strings and whose SOP Instance UIDs are
+        empty): UIDs are then taken as stored, empty SOP Instance UIDs are allowed and not
+        checked for duplicates (duplicate slice positions still are). Such a series must
+        never be turned into DICOM outputs; the network receiver keeps refusing it.
     Raises VolumeError for bad input (message names the files/slices and the reason).
     """
     paths = [Path(p) for p in paths]
@@ -114,12 +225,17 @@ def load_series(paths: Sequence[Path]) -> LoadedSeries:
     for path, ds in zip(paths, headers):
         _check_single_frame_ct(path, ds)
 
-    study_uid = _one_uid(paths, headers, "StudyInstanceUID", "Study Instance UID", "studies")
-    series_uid = _one_uid(paths, headers, "SeriesInstanceUID", "Series Instance UID", "series")
+    strict = require_valid_uids
+    study_uid = _one_uid(paths, headers, "StudyInstanceUID", "Study Instance UID", "studies",
+                         strict)
+    series_uid = _one_uid(paths, headers, "SeriesInstanceUID", "Series Instance UID", "series",
+                          strict)
     for_uid = _one_uid(paths, headers, "FrameOfReferenceUID", "Frame of Reference UID",
-                       "frames of reference")
-    sop_uids = [_uid(p, ds, "SOPInstanceUID", "SOP Instance UID") for p, ds in zip(paths, headers)]
-    _check_unique_sops(paths, sop_uids)
+                       "frames of reference", strict)
+    sop_uids = [_uid(p, ds, "SOPInstanceUID", "SOP Instance UID", strict)
+                for p, ds in zip(paths, headers)]
+    named = [(p, u) for p, u in zip(paths, sop_uids) if strict or u]
+    _check_unique_sops([p for p, _ in named], [u for _, u in named])
     if len(paths) < MIN_SLICES:
         raise VolumeError(
             f"series {series_uid} has {len(paths)} slice(s); at least {MIN_SLICES} are needed"
@@ -144,10 +260,27 @@ def load_series(paths: Sequence[Path]) -> LoadedSeries:
     _check_tilt(s_paths, ipps, normal)
     z_spacing = _check_regular_spacing(s_paths, positions)
 
+    reorientation, direction = choose_reorientation(row_cos, col_cos, normal)
     hu, transfer_syntaxes = _decode_all(s_paths, s_headers, rows, cols)
-    volume = Volume(hu=hu, spacing_mm=(z_spacing, pixel_spacing[0], pixel_spacing[1]))
-    logger.info("loaded series %s: %d slices %dx%d, spacing %s mm, %s",
-                series_uid, len(s_paths), rows, cols, volume.spacing_mm, hu.dtype)
+    source_spacing = (z_spacing, pixel_spacing[0], pixel_spacing[1])
+    if not reorientation.is_identity:
+        hu = np.ascontiguousarray(reorientation.to_canonical(hu))
+    # Source index of canonical voxel (0, 0, 0), then its patient position.
+    first = [0, 0, 0]
+    for a, src in enumerate(reorientation.axes):
+        if reorientation.flips[a]:
+            first[src] = (len(s_paths), rows, cols)[src] - 1
+    origin_lps = (ipps[first[0]] + first[1] * pixel_spacing[0] * col_cos
+                  + first[2] * pixel_spacing[1] * row_cos)
+    volume = Volume(
+        hu=hu,
+        spacing_mm=tuple(float(source_spacing[src]) for src in reorientation.axes),
+        direction=tuple(tuple(float(v) for v in row) for row in direction),
+        origin_mm=(float(origin_lps[2]), float(origin_lps[1]), float(origin_lps[0])),
+    )
+    logger.info("loaded series %s: %d slices %dx%d, spacing %s mm, %s, canonical axes %s flips %s",
+                series_uid, len(s_paths), rows, cols, volume.spacing_mm, hu.dtype,
+                reorientation.axes, reorientation.flips)
     return LoadedSeries(
         volume=volume,
         source_datasets=s_headers,
@@ -161,6 +294,7 @@ def load_series(paths: Sequence[Path]) -> LoadedSeries:
         image_orientation_patient=tuple(float(v) for v in orientation),
         slice_normal=(float(normal[0]), float(normal[1]), float(normal[2])),
         transfer_syntax_uids=frozenset(transfer_syntaxes),
+        reorientation=reorientation,
     )
 
 
@@ -170,6 +304,8 @@ def load_series(paths: Sequence[Path]) -> LoadedSeries:
 def _read_header(path: Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for _ in ds.iterall():  # pydicom decodes lazily: a bad VR or value raises here, not later
+            pass
     except InvalidDicomError as exc:
         raise VolumeError(f"{path.name}: not a DICOM file ({exc})") from exc
     except FileNotFoundError as exc:
@@ -220,7 +356,9 @@ def _check_single_frame_ct(path: Path, ds: Dataset) -> None:
             raise VolumeError(f"{path.name}: {keyword} is missing; geometry unknown")
 
 
-def _uid(path: Path, ds: Dataset, keyword: str, what: str) -> str:
+def _uid(path: Path, ds: Dataset, keyword: str, what: str, strict: bool = True) -> str:
+    if not strict:
+        return str(ds.get(keyword) or "").strip().rstrip("\x00").strip()
     try:
         return sanitize_uid(ds.get(keyword), what)
     except InvalidUID as exc:
@@ -228,10 +366,10 @@ def _uid(path: Path, ds: Dataset, keyword: str, what: str) -> str:
 
 
 def _one_uid(paths: list[Path], headers: list[Dataset], keyword: str, what: str,
-             plural: str) -> str:
+             plural: str, strict: bool = True) -> str:
     values: dict[str, list[str]] = {}
     for path, ds in zip(paths, headers):
-        values.setdefault(_uid(path, ds, keyword, what), []).append(path.name)
+        values.setdefault(_uid(path, ds, keyword, what, strict), []).append(path.name)
     if len(values) > 1:
         parts = "; ".join(
             f"{uid}: {len(names)} file(s), e.g. {', '.join(names[:3])}" for uid, names in values.items()

@@ -3,12 +3,13 @@
 Method (sizes in mm; the heavy work runs on a working grid of about 1.5 mm, cropped to each
 lung, and the labels are mapped back to the input grid by index):
 
-1. Orientation. z is the slice axis; which end is cranial is *detected* unless passed in
-   (``cranial_end``): near the apex a lung's axial cross-section is a compact blob filling
-   most of its bounding box, near the base a thin crescent around the diaphragmatic dome, so
-   the end whose slices have the higher area / bounding-box ratio is cranial (see
-   ``detect_cranial_end``). A ratio between the ends under 1.3 is ambiguous and noted. Rows (y) are assumed anterior at low index (standard axial DICOM
-   display, LPS row direction +y); the caller flips other data first.
+1. Orientation. The volume is in the canonical LPS layout (segmentation.types.Volume: z
+   toward Superior, y toward Posterior, x toward the patient's Left), so cranial is high z and
+   anterior is low y (``cranial_end="high"``, the default). Only for arrays of unknown
+   orientation (``cranial_end=None``) is the cranial end *detected*: near the apex a lung's
+   axial cross-section is a compact blob filling most of its bounding box, near the base a
+   thin crescent around the diaphragmatic dome, so the end whose slices have the higher area
+   / bounding-box ratio is cranial (``detect_cranial_end``; a ratio under 1.3 is noted).
 2. Geometric model (always computed; the fallback and the prior). Per lung, with H its
    cranio-caudal height and D its antero-posterior depth (robust percentiles of the mask):
    - major (oblique) fissure: in the sagittal plane the straight line from the posterior
@@ -407,14 +408,16 @@ def _one_lung(hu_w: np.ndarray | None, lung_w: np.ndarray, g: _Grid, cranial_sig
 
 
 def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray, *,
-                  cranial_end: str | None = None, use_fissures: bool = True,
+                  cranial_end: str | None = "high", use_fissures: bool = True,
                   relative_height_span: tuple[float, float] | None = None) -> LobeResult:
     """Label the five lobes inside the given lung masks.
 
-    volume: HU volume (z, y, x), rows anterior at low index, columns patient's left at high
-        index (standard axial); z may run either way (see ``cranial_end``).
+    volume: HU volume in the canonical LPS layout of segmentation.types.Volume (z toward
+        Superior, y toward Posterior, x toward the patient's Left), as node.volume loads it.
     lung_left, lung_right: boolean masks on volume's grid (the patient's left / right lung).
-    cranial_end: "low" | "high" (the z end towards the head) or None to detect it.
+    cranial_end: "high" (default: canonical, z increases cranially); "low" for an array
+        known to run the other way; None detects it from the lungs' shape (only for arrays
+        whose orientation is unknown, e.g. research scripts; the node never needs it).
     use_fissures: False skips the fissure search (geometric model only, e.g. without a CT).
     relative_height_span: for a volume that holds only a slab of the lungs, the relative
         cranio-caudal height in the lung (0 = base, 1 = apex) of its lowest and highest slice

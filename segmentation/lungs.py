@@ -10,10 +10,10 @@ about 1.5 mm in-plane and >= 2 mm between slices, then mapped back):
 3. Airways: the trachea is the longest vertical run of small (80-700 mm^2), round, air-filled
    2-D components near the body's midline. The airway tree is grown from it in 3-D on the
    smoothed image below -950 HU, lowering the threshold in 25 HU steps while the tree
-   "explodes" (> 350 ml). The grown airways are removed from the lung. The trachea's end of
-   the volume is taken as cranial (for step 6); without a trachea the narrower end is.
+   "explodes" (> 350 ml). The grown airways are removed from the lung. Cranial is high z
+   (the canonical LPS orientation of segmentation.types.Volume; nothing is guessed).
 4. Left/right: the two largest remaining air components (the patient's left lung is the one
-   at higher column index). If only one large component exists, the lungs touch (anterior
+   at higher x: canonical LPS, x toward the patient's Left). If only one large component exists, the lungs touch (anterior
    junction): it is eroded (up to 10 mm) until it splits and voxels go to the nearest
    eroded seed; failing that it is split at the midline column. Both fallbacks add a note.
 5. Dense lung: per lung, the convex hulls of the air-filled lung in every axial and every
@@ -338,19 +338,11 @@ def segment_lungs(volume) -> LungMasks:
     smooth = ndi.gaussian_filter(hu, sigma=(0.5, 1.0, 1.0))
     trachea = _find_trachea(air, body, spacing)
     airway = np.zeros(hu.shape, bool)
-    cranial_up = True
+    cranial_up = True  # canonical LPS (segmentation.types.Volume): z increases cranially
     if trachea is None:
         notes.append("trachea not found: airways not removed")
-        areas = air.sum(axis=(1, 2))
-        zs = np.nonzero(areas)[0]
-        if zs.size:
-            q = max(1, zs.size // 10)
-            cranial_up = areas[zs[-q:]].sum() < areas[zs[:q]].sum()
     else:
         airway = _grow_airways(smooth, body, trachea, voxel_ml)
-        zt = np.nonzero(trachea)[0].mean()
-        za = np.nonzero(air)[0].mean()
-        cranial_up = zt > za
     airway_margin = ndi.binary_dilation(airway, structure=ndi.generate_binary_structure(3, 1))
     lung_air = air & ~airway_margin
     lung_air = ndi.binary_opening(lung_air, structure=_SLICE_ONLY)

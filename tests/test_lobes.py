@@ -120,9 +120,10 @@ def test_fallback_without_fissures(without_fissures):
 
 def test_orientation_detected_when_z_runs_caudally(without_fissures):
     vol, left, right, _ = without_fissures
-    up = segment_lobes(vol, left, right, use_fissures=False)
+    up = segment_lobes(vol, left, right, cranial_end=None, use_fissures=False)
     flipped = Volume(vol.hu[::-1].copy(), vol.spacing_mm)
-    down = segment_lobes(flipped, left[::-1].copy(), right[::-1].copy(), use_fissures=False)
+    down = segment_lobes(flipped, left[::-1].copy(), right[::-1].copy(), cranial_end=None,
+                         use_fissures=False)
     assert up.cranial_end == "high" and down.cranial_end == "low"
     agree = (down.labels[::-1] == up.labels)[left | right].mean()
     assert agree > 0.98

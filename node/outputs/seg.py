@@ -1,8 +1,10 @@
 """DICOM Segmentation (BINARY) of lungs, GGO, consolidation and (when present) lobes.
 
-The SEG is aligned pixel for pixel with the source series: frame k of segment s is slice k
-of the LoadedSeries (its Derivation Image / Source Image references that slice's SOP
-Instance UID, its Plane Position is that slice's Image Position (Patient)). Frames without
+The SEG is aligned pixel for pixel with the source series: the masks (on the canonical LPS
+grid of node.volume) are mapped back to the source stack with ``LoadedSeries.to_source``, so
+frame k of segment s is source slice k in that slice's own pixel layout (its Derivation
+Image / Source Image references that slice's SOP Instance UID, its Plane Position is that
+slice's Image Position (Patient)), whatever the series' orientation. Frames without
 any voxel are omitted (highdicom ``omit_empty_frames``). Segment numbers, labels and codes
 come from :mod:`node.outputs.codes`.
 
@@ -58,7 +60,8 @@ def build_seg(
 ) -> Dataset:
     """Build the SEG for ``series`` from ``masks`` and the GGO / consolidation masks.
 
-    All masks must be boolean (or 0/1) arrays with the volume's shape (z, y, x). Segments:
+    All masks must be boolean (or 0/1) arrays with the volume's canonical shape (z, y, x);
+    they are written on the source stack (``series.to_source``). Segments:
     1 left lung, 2 right lung, 3 ground-glass opacity, 4 consolidation, and 5-9 the lobes
     (left upper, left lower, right upper, right middle, right lower) when ``masks.lobes``
     is not None. Returns a highdicom Segmentation (a pydicom Dataset).
@@ -75,6 +78,9 @@ def build_seg(
     lobes = masks.lobes
     if lobes is not None:
         _check_mask("lobes", lobes, shape, label_map=True)
+        lobes = series.to_source(lobes)
+    arrays = [(spec, series.to_source(array)) for spec, array in arrays]
+    shape = series.source_shape
 
     n_segments = len(arrays) + (len(LOBE_SEGMENTS) if lobes is not None else 0)
     # Only the slices that hold any segment go into the SEG (empty frames are omitted anyway);
