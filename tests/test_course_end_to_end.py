@@ -110,7 +110,7 @@ def test_three_studies_of_one_patient_end_with_the_course_in_the_pacs_sr(orthanc
     first_srs: dict[int, pydicom.Dataset] = {}
     documents: dict[int, dict] = {}
     with NodeProcess(tmp_path / "node", destinations=[(orthanc.aet, orthanc.dicom_port)],
-                     overrides={"analysis": {"engine": "threshold"}}) as node:
+                     overrides={"analysis": {"engine": "threshold", "lung_engine": "classical"}}) as node:
         for step, index in enumerate(SEND_ORDER):
             files = sorted((tmp_path / f"study{index}").glob("*.dcm"))
             assert storescu(files, node.port, aec=node.ae_title).returncode == 0

@@ -66,8 +66,13 @@ def test_status_page_in_chromium_shows_queue_deliveries_studies_and_course(tmp_p
                                      lesion_scale=scale, patient_id="SP-1", study_date=date))
     page_port = free_port()
     dead_pacs = free_port()      # nothing listens there: deliveries stay pending with errors
-    with NodeProcess(tmp_path / "node", destinations=[("DEADPACS", dead_pacs)],
-                     overrides={"analysis": {"engine": "threshold"},
+    # the SEGs and the SR only: one delivery row per file, and an overlay series has one file
+    # per slice, which would push the charts below the screenshot
+    with NodeProcess(tmp_path / "node",
+                     overrides={"analysis": {"engine": "threshold", "lung_engine": "classical"},
+                                "outputs": {"pdf": False, "summary": False, "overlay": False},
+                                "destinations": [{"ae_title": "DEADPACS", "host": "127.0.0.1",
+                                                  "port": dead_pacs, "outputs": ["seg", "sr"]}],
                                 "status_page": {"enabled": True, "port": page_port}}) as node:
         base = f"http://127.0.0.1:{page_port}/"
         for index in range(2):
