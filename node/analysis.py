@@ -25,9 +25,12 @@ from node.outputs import documents, render
 from node.outputs.codes import SEG_GROUPS
 from node.outputs.seg import SEG_TRANSFER_SYNTAX, build_segs
 from node.outputs.sr import build_sr
+from node.outputs.sr import sr_uids as planned_sr_uids
 from node.spool import write_atomically
 from node.volume import load_series
+from node.store import PatientScan
 from node.worker import OutputError
+from quant.course import Course, build_course, scan_from_measurements
 from quant.hu_split import split_lesion
 from quant.measure import measure
 from quant.measurements import Measurements
@@ -59,6 +62,11 @@ class AnalysisOutput:
     series_instance_uid: str
     revision: int
     timings_s: dict[str, float]
+    patient_scan: PatientScan | None = None   # for the state store (the patient's course)
+    course: Course | None = None
+
+
+EarlierScans = Callable[[str, str], Sequence[PatientScan]]
 
 
 def analyze_series(
@@ -69,8 +77,13 @@ def analyze_series(
     revision: int = 1,
     predecessor_sr: tuple[str, str, str] | None = None,
     progress: Progress | None = None,
+    earlier_scans: EarlierScans | None = None,
 ) -> AnalysisOutput:
-    """Analyse the CT series made of ``paths`` and write its outputs into ``out_dir``."""
+    """Analyse the CT series made of ``paths`` and write its outputs into ``out_dir``.
+
+    earlier_scans(patient_id, issuer_of_patient_id): the patient's stored scans (the node's
+    state store); with it the outputs carry the patient's course (issue 9) and the result
+    holds the PatientScan to store. Without it (``lungnode analyze``) there is no course."""
     say = progress or (lambda message: None)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -128,6 +141,9 @@ def analyze_series(
             for name, seg in segs.items():
                 output_files.append(_write_dataset(out_dir / SEG_FILENAMES[name], seg,
                                                    transfer_syntax=SEG_TRANSFER_SYNTAX))
+    with _output_step("patient course"):
+        course, patient_scan, course_note = _patient_course(
+            series, measurements, segs["lesions"], revision, settings, earlier_scans)
     if o.sr:
         with _output_step("SR"):
             sr = build_sr(
@@ -138,6 +154,7 @@ def analyze_series(
                 revision=revision,
                 software_version=__version__,
                 predecessor=predecessor_sr,
+                course=course,
             )
             output_files.append(_write_dataset(out_dir / SR_FILENAME, sr))
         sr_uids = (sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.SOPInstanceUID)
@@ -160,6 +177,7 @@ def analyze_series(
             "seg_sop_instance_uids": {name: seg.SOPInstanceUID for name, seg in segs.items()},
             "sr_sop_instance_uid": sr_uids[2] if sr_uids else None,
             "timings_s": timings,
+            "course": course.to_json_dict() if course is not None else {"note": course_note},
         }
     )
     measurements_json = out_dir / MEASUREMENTS_FILENAME
@@ -181,6 +199,8 @@ def analyze_series(
         series_instance_uid=series_uid,
         revision=revision,
         timings_s=timings,
+        patient_scan=patient_scan,
+        course=course,
     )
 
 
@@ -257,6 +277,43 @@ def _output_step(what: str):
         raise
     except Exception as exc:
         raise OutputError(f"cannot encode or write the {what}: {exc}") from exc
+
+
+def _patient_course(series, measurements: Measurements, seg, revision: int, settings: Settings,
+                    earlier_scans: EarlierScans | None):
+    """(course, PatientScan to store, note when there is no course)."""
+    from node.course import course_scan, scan_identity
+
+    if earlier_scans is None:
+        return None, None, "analysed outside the node: no state store, no course"
+    if not settings.course.enabled:
+        return None, None, "course.enabled is false"
+    identity, why_not = scan_identity(series.source_datasets[0])
+    if identity is None:
+        log.info("series %s: no course: %s", series.series_instance_uid, why_not)
+        return None, None, why_not
+    sr_series, sr_sop = planned_sr_uids(series, revision, __version__)
+    sr = (series.study_instance_uid, sr_series, sr_sop) if settings.outputs.sr else None
+    seg_uids = (str(seg.SeriesInstanceUID), str(seg.SOPInstanceUID)) if settings.outputs.seg else None
+    document = measurements.to_json_dict()
+    current = scan_from_measurements(
+        document, study_uid=series.study_instance_uid, series_uid=series.series_instance_uid,
+        acquired_at=identity.acquired_at, sr_uids=sr, seg_uids=seg_uids)
+    earlier = [course_scan(r) for r in earlier_scans(identity.patient_id,
+                                                     identity.issuer_of_patient_id)]
+    course = build_course(current, earlier,
+                          stable_relative_pct=settings.course.stable_relative_pct,
+                          stable_absolute_ml=settings.course.stable_absolute_ml)
+    log.info("series %s: scan %d of %d in the patient's course (trend %s)",
+             series.series_instance_uid, course.current_index + 1, len(course.scans), course.trend)
+    record = PatientScan(
+        series_uid=series.series_instance_uid, revision=revision,
+        study_uid=series.study_instance_uid, patient_id=identity.patient_id,
+        issuer_of_patient_id=identity.issuer_of_patient_id,
+        acquired_at=identity.acquired_at.timestamp(),
+        measurements_json=json.dumps(document), sr_uids=sr, seg_uids=seg_uids,
+        recorded_at=time.time())
+    return course, record, None
 
 
 def _write_dataset(path: Path, dataset, transfer_syntax=None) -> Path:

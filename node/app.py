@@ -55,6 +55,11 @@ class Node:
                                 max_interval_s=RETENTION_INTERVAL_S)
         self.receiver = Receiver(settings, StoreContext(
             self.spool, self.store, on_instance=self.tracker.instance_stored))
+        self.status_page = None
+        if settings.status_page.enabled:
+            from node.status_page import StatusPageServer
+
+            self.status_page = StatusPageServer(settings, self.store)
         self._stopped = threading.Event()
         self._started = False
 
@@ -68,6 +73,8 @@ class Node:
         self.tracker.start()
         self.sender.start()
         self.retention.start()
+        if self.status_page is not None:   # up before the DICOM port accepts
+            self.status_page.start()
         self.receiver.start()
         self._started = True
 
@@ -128,6 +135,8 @@ class Node:
         """Stop receiving and polling; a job still running after ``job_grace_s`` is handed
         back to the queue (no crash counted) and runs again at the next start."""
         if self._started:
+            if self.status_page is not None:
+                self.status_page.stop()
             self.receiver.stop()
             self.tracker.stop()
             self.retention.stop()

@@ -3,7 +3,7 @@
 lungnode run [--config FILE] [--ae-title T] [--port N] [--storage DIR] [--destination AE@host:port ...]
 lungnode analyze <dicom-dir> --out <dir> [--config FILE] [--engine unet|threshold]
                  [--lung-engine net|classical]
-lungnode phantom --out <dir> [--seed N]
+lungnode phantom --out <dir> [--seed N] [--lesion-scale F] [--patient-id ID] [--study-date YYYYMMDD]
 lungnode send <path> --to AE@host:port
 lungnode echo AE@host:port
 lungnode status
@@ -12,6 +12,8 @@ lungnode evaluate medseg <dir> [--json FILE] [--split all|val|train] [--engine u
 lungnode evaluate slices <series-dir> --labels FILE.csv --subject NAME [--json FILE]
 lungnode export-training <ct-dir> <seg.dcm> --out <site-data-dir> [--name N] [--ggo-segment N ...]
 lungnode train [--epochs N] [--out DIR] [--seed S] [--device auto|cpu|cuda] [--site-data DIR]
+lungnode cohort analyze --in FILE.csv --out DIR
+lungnode cohort export --out FILE.csv [--clinical FILE.csv] [--config FILE]
 
 Exit codes: 0 success, 1 failure (network, delivery, internal), 2 usage or configuration
 error, 3 bad input (the series cannot be analysed; the message says why).
@@ -79,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--slices", type=int, default=120, help="number of slices (default 120)")
     phantom.add_argument("--size", type=int, default=256, help="rows and columns (default 256)")
+    phantom.add_argument("--lesion-scale", type=float, default=1.0,
+                         help="scale of the lesions' radii (serial scans of one patient; default 1)")
+    phantom.add_argument("--patient-id", help="Patient ID (default PHANTOM-<seed>)")
+    phantom.add_argument("--study-date", default="20200401", help="YYYYMMDD (default 20200401)")
 
     send = commands.add_parser("send", help="send DICOM files (a file or a folder) with C-STORE")
     send.add_argument("path", type=Path)
@@ -118,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--lesion-segment", type=int, action="append", help="segment number(s) of a binary lesion label"
     )
+
+    cohort = commands.add_parser("cohort", help="cohort statistics of serial scans (analyze, export)")
+    cohort_commands = cohort.add_subparsers(dest="cohort_command", required=True, metavar="ACTION")
+    cohort_analyze = cohort_commands.add_parser(
+        "analyze", help="the study's tables, curves and plots from a cohort CSV")
+    cohort_analyze.add_argument("--in", dest="input", type=Path, required=True, metavar="FILE.csv",
+                                help="columns patient_id, group, days_from_onset, ct_score, "
+                                     "lesion_pct, ggo_pct, consolidation_pct")
+    cohort_analyze.add_argument("--out", type=Path, required=True, metavar="DIR")
+    cohort_export = cohort_commands.add_parser(
+        "export", help="every analysed scan from the state store as a CSV")
+    cohort_export.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
+    cohort_export.add_argument(
+        "--clinical", type=Path, metavar="FILE.csv",
+        help="columns patient_id, onset_date (YYYY-MM-DD), group: adds days_from_onset and group")
+    _add_config_flags(cohort_export)
 
     check = commands.add_parser("check-config", help="validate the config and print what is in effect")
     _add_config_flags(check)
@@ -270,7 +292,9 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
     _configure_logging("WARNING", args.verbose)
     _progress(f"writing a {args.slices}-slice {args.size}x{args.size} phantom (seed {args.seed}) to {args.out}")
-    truth = write_phantom(args.out, seed=args.seed, slices=args.slices, size=args.size)
+    truth = write_phantom(args.out, seed=args.seed, slices=args.slices, size=args.size,
+                          lesion_scale=args.lesion_scale, patient_id=args.patient_id,
+                          study_date=args.study_date)
     print(json.dumps({k: truth[k] for k in ("lung_volume_ml", "ggo_volume_ml", "consolidation_volume_ml")}))
     return EXIT_OK
 
@@ -396,7 +420,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train(args.rest)
 
 
+def cmd_cohort(args: argparse.Namespace) -> int:
+    from quant.cohort import CohortError
+
+    _configure_logging("WARNING", args.verbose)
+    try:
+        if args.cohort_command == "analyze":
+            from quant.cohort import read_cohort_csv
+            from quant.cohort_report import analyze_cohort
+
+            frame = read_cohort_csv(args.input)
+            written = analyze_cohort(frame, args.out)
+            _progress(f"{frame['patient_id'].nunique()} patients, {len(frame)} scans: "
+                      f"{len(written)} files in {args.out}")
+            print(json.dumps({name: str(path) for name, path in written.items()}))
+            return EXIT_OK
+        from node.course_export import export_cohort
+
+        settings = _settings_from_args(args)
+        count = export_cohort(settings, args.out, clinical_csv=args.clinical)
+        _progress(f"{count} analysed scan(s) written to {args.out}")
+        return EXIT_OK
+    except CohortError as exc:
+        print(f"lungnode cohort {args.cohort_command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 COMMANDS = {
+    "cohort": cmd_cohort,
     "export-training": cmd_export_training,
     "evaluate": cmd_evaluate,
     "train": cmd_train,

@@ -136,6 +136,44 @@ OutputKind = Literal["seg", "sr", "pdf", "summary", "overlay"]
 OUTPUT_KINDS: tuple[str, ...] = ("seg", "sr", "pdf", "summary", "overlay")
 
 
+class CourseSettings(_Strict):
+    """The patient's course (issue 9): compare each scan with the patient's prior scan."""
+
+    enabled: bool = True
+    stable_relative_pct: float = Field(10.0, ge=0, le=100)
+    stable_absolute_ml: float = Field(5.0, ge=0)
+    reissue_later_reports: bool = True
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+class StatusPageSettings(_Strict):
+    """The read-only status page (issue 9): off by default, on 127.0.0.1 unless configured;
+    bound elsewhere it needs a token (HTTP Bearer, or the password of HTTP basic auth)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8484, ge=0, le=65535)
+    token: str | None = Field(None, min_length=16)
+
+    @model_validator(mode="after")
+    def _auth_when_exposed(self) -> "StatusPageSettings":
+        if self.enabled and not _is_loopback(self.host) and not self.token:
+            raise ValueError(
+                f"status_page.token is required when status_page.host is {self.host!r} "
+                "(not a loopback address): set a token of at least 16 characters")
+        return self
+
+
 class OutputSettings(_Strict):
     seg: bool = True
     sr: bool = True
@@ -221,6 +259,8 @@ class Settings(_Strict):
     selection: SelectionSettings = SelectionSettings()
     analysis: AnalysisSettings = AnalysisSettings()
     outputs: OutputSettings = OutputSettings()
+    course: CourseSettings = CourseSettings()
+    status_page: StatusPageSettings = StatusPageSettings()
     destinations: tuple[Destination, ...] = ()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()

@@ -118,15 +118,21 @@ def _vessel_tree(rng, root, direction, radius, depth, segments) -> None:
         _vessel_tree(rng, end, child, radius * 0.72, depth - 1, segments)
 
 
-def phantom_volume(seed: int = 0, slices: int = 120, size: int = 256) -> tuple[Volume, dict]:
+def phantom_volume(seed: int = 0, slices: int = 120, size: int = 256,
+                   lesion_scale: float = 1.0) -> tuple[Volume, dict]:
     """Build the phantom: (Volume with int16 HU, truth dict of volumes in ml)."""
-    volume, truth, _ = phantom_with_labels(seed=seed, slices=slices, size=size)
+    volume, truth, _ = phantom_with_labels(seed=seed, slices=slices, size=size,
+                                           lesion_scale=lesion_scale)
     return volume, truth
 
 
-def phantom_with_labels(seed: int = 0, slices: int = 120, size: int = 256) -> tuple[Volume, dict, dict]:
+def phantom_with_labels(seed: int = 0, slices: int = 120, size: int = 256,
+                        lesion_scale: float = 1.0) -> tuple[Volume, dict, dict]:
     """As phantom_volume, plus the label arrays (bool, z-y-x): lung, left, right, airway_lumen,
-    vessel, ggo, consolidation, pleural_consolidation."""
+    vessel, ggo, consolidation, pleural_consolidation.
+
+    lesion_scale multiplies every lesion's radii (same seed: same lesions in the same places,
+    grown or shrunk: serial scans of one patient); 0 gives no lesions."""
     if slices < 40 or size < 128:
         raise ValueError("the phantom needs at least 40 slices and 128 x 128 pixels")
     rng = np.random.default_rng(seed)
@@ -198,6 +204,9 @@ def phantom_with_labels(seed: int = 0, slices: int = 120, size: int = 256) -> tu
 
     def blob(center, radii) -> np.ndarray:
         out = np.zeros(shape, bool)
+        radii = tuple(r * lesion_scale for r in radii)
+        if lesion_scale <= 0:
+            return out
         lo = [max(0, int((center[a] - radii[a] * 1.4 - origin[a]) / spacing[a])) for a in range(3)]
         hi = [min(shape[a], int((center[a] + radii[a] * 1.4 - origin[a]) / spacing[a]) + 2) for a in range(3)]
         sl = tuple(slice(lo[a], hi[a]) for a in range(3))
@@ -255,6 +264,7 @@ def phantom_with_labels(seed: int = 0, slices: int = 120, size: int = 256) -> tu
     vml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     truth = {
         "seed": seed,
+        "lesion_scale": lesion_scale,
         "slices": slices,
         "size": size,
         "spacing_mm": [float(s) for s in spacing],
@@ -278,23 +288,31 @@ def _uid(seed: int, slices: int, size: int, *what: object) -> str:
     return derive_uid("lungnode-phantom", seed, slices, size, *what)
 
 
-def write_phantom(out_dir: Path, seed: int = 0, slices: int = 120, size: int = 256) -> dict:
-    """Write the phantom as CT_0001.dcm ... into out_dir, plus truth.json; return the truth."""
+def write_phantom(out_dir: Path, seed: int = 0, slices: int = 120, size: int = 256, *,
+                  lesion_scale: float = 1.0, patient_id: str | None = None,
+                  study_date: str = "20200401") -> dict:
+    """Write the phantom as CT_0001.dcm ... into out_dir, plus truth.json; return the truth.
+
+    Serial scans of one patient: the same seed and ``patient_id`` with another
+    ``study_date`` (YYYYMMDD) and ``lesion_scale`` give a new study (its own UIDs) of the
+    same lungs with grown or shrunk lesions."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    volume, truth = phantom_volume(seed=seed, slices=slices, size=size)
+    volume, truth = phantom_volume(seed=seed, slices=slices, size=size, lesion_scale=lesion_scale)
     dz, dy, dx = volume.spacing_mm
-    study_uid = _uid(seed, slices, size, "study")
-    series_uid = _uid(seed, slices, size, "series")
-    frame_uid = _uid(seed, slices, size, "frame")
-    date = "20200401"
+    serial = () if (lesion_scale == 1.0 and patient_id is None and study_date == "20200401") \
+        else (patient_id, study_date, lesion_scale)
+    study_uid = _uid(seed, slices, size, *serial, "study")
+    series_uid = _uid(seed, slices, size, *serial, "series")
+    frame_uid = _uid(seed, slices, size, *serial, "frame")
+    date = study_date
     x0 = -(size / 2 - 0.5) * dx
     y0 = -(size / 2 - 0.5) * dy
     for k in range(slices):
-        sop_uid = _uid(seed, slices, size, "sop", k)
+        sop_uid = _uid(seed, slices, size, *serial, "sop", k)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
         meta.MediaStorageSOPInstanceUID = sop_uid
@@ -316,7 +334,8 @@ def write_phantom(out_dir: Path, seed: int = 0, slices: int = 120, size: int = 2
         ds.StudyDescription = "Phantom chest CT"
         ds.SeriesDescription = "Phantom chest CT, lungs with GGO and consolidation"
         ds.PatientName = "Phantom^Lungnode"
-        ds.PatientID = f"PHANTOM-{seed}"
+        ds.PatientID = patient_id or f"PHANTOM-{seed}"
+        ds.IssuerOfPatientID = "LUNGNODE-PHANTOM"
         ds.PatientBirthDate = "19600101"
         ds.PatientSex = "O"
         ds.BodyPartExamined = "CHEST"
@@ -351,6 +370,7 @@ def write_phantom(out_dir: Path, seed: int = 0, slices: int = 120, size: int = 2
         stored = (volume.hu[k].astype(np.int32) - RESCALE_INTERCEPT).astype(np.int16)
         ds.PixelData = stored.tobytes()
         ds.save_as(out_dir / f"CT_{k + 1:04d}.dcm", enforce_file_format=True)
-    truth = dict(truth, series_instance_uid=series_uid, files=slices)
+    truth = dict(truth, series_instance_uid=series_uid, study_instance_uid=study_uid,
+                 patient_id=str(ds.PatientID), study_date=date, files=slices)
     (out_dir / "truth.json").write_text(json.dumps(truth, indent=2), encoding="utf-8")
     return truth

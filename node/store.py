@@ -210,6 +210,25 @@ class JobSummary:
     failed: int
 
 
+@dataclass(frozen=True)
+class PatientScan:
+    """One analysed scan of a patient: what the course needs (no patient name, ever).
+
+    patient_id and issuer_of_patient_id ("" when the header has none) identify the patient;
+    acquired_at is the acquisition time (epoch seconds, UTC)."""
+
+    series_uid: str
+    revision: int
+    study_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    acquired_at: float
+    measurements_json: str
+    sr_uids: tuple[str, str, str] | None    # study, series, SOP instance
+    seg_uids: tuple[str, str] | None        # series, SOP instance
+    recorded_at: float
+
+
 def _cols(record: type, prefix: str = "") -> str:
     """The record's columns, by name, in the record's field order (for SELECT)."""
     return ", ".join(prefix + f.name for f in dataclasses.fields(record))
@@ -316,9 +335,35 @@ def _migration_2_clock_and_failures(cur: sqlite3.Cursor) -> None:
     """)
 
 
+def _migration_3_patient_scans(cur: sqlite3.Cursor) -> None:
+    """The patients' courses (issue 9): each analysed scan's measurements by patient
+    (Patient ID + Issuer of Patient ID, never the name)."""
+    _run(cur, """
+    CREATE TABLE IF NOT EXISTS patient_scans (
+        series_uid TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        study_uid TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        issuer_of_patient_id TEXT NOT NULL,
+        acquired_at REAL NOT NULL,
+        measurements_json TEXT NOT NULL,
+        sr_study_uid TEXT,
+        sr_series_uid TEXT,
+        sr_sop_uid TEXT,
+        seg_series_uid TEXT,
+        seg_sop_uid TEXT,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (series_uid, revision)
+    );
+    CREATE INDEX IF NOT EXISTS patient_scans_patient
+        ON patient_scans(issuer_of_patient_id, patient_id)
+    """)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Cursor], None], ...] = (
     _migration_1_base,
     _migration_2_clock_and_failures,
+    _migration_3_patient_scans,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -616,8 +661,11 @@ class StateStore:
     def complete_job(
         self, job_id: int, *, measurements_json: str, sr_uids: tuple[str, str, str],
         outbox_dir: str, deliveries: Sequence[DeliveryRequest], now: float | None = None,
+        patient_scan: PatientScan | None = None,
     ) -> None:
-        """Record a job's result and its delivery rows, and mark it done: one transaction."""
+        """Record a job's result and its delivery rows, and mark it done: one transaction.
+
+        ``patient_scan``: the scan for the patient's course, recorded in the same transaction."""
         now = time.time() if now is None else now
         with self._tx() as cur:
             series_uid, revision, state, count = cur.execute(
@@ -630,6 +678,8 @@ class StateStore:
                 f"INSERT OR REPLACE INTO results ({_RESULT_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
                 (series_uid, revision, job_id, measurements_json, *sr_uids, outbox_dir, now),
             )
+            if patient_scan is not None:
+                _insert_patient_scan(cur, patient_scan)
             cur.executemany(
                 "INSERT INTO deliveries (job_id, series_uid, path, sop_class_uid,"
                 " sop_instance_uid, destination, state, next_attempt_at, created_at)"
@@ -745,6 +795,88 @@ class StateStore:
             (series_uid,),
         )
         return [_result(r) for r in rows]
+
+    # -- the patients' courses ---------------------------------------------------------
+    def record_patient_scan(self, scan: PatientScan) -> None:
+        with self._tx() as cur:
+            _insert_patient_scan(cur, scan)
+
+    def patient_scans(self, patient_id: str, issuer_of_patient_id: str) -> list[PatientScan]:
+        """The patient's analysed scans, the latest revision of each series, in the order
+        they were recorded (the course orders them by acquisition)."""
+        rows = self._query(
+            f"SELECT {_PATIENT_SCAN_COLS} FROM patient_scans p"
+            " WHERE patient_id=? AND issuer_of_patient_id=?"
+            " AND revision=(SELECT MAX(revision) FROM patient_scans q"
+            "               WHERE q.series_uid=p.series_uid)"
+            " ORDER BY recorded_at, series_uid",
+            (patient_id, issuer_of_patient_id),
+        )
+        return [_patient_scan(r) for r in rows]
+
+    def all_patient_scans(self) -> list[PatientScan]:
+        """Every patient's scans (latest revision of each series), by patient and time."""
+        rows = self._query(
+            f"SELECT {_PATIENT_SCAN_COLS} FROM patient_scans p WHERE revision=(SELECT MAX(revision) FROM"
+            " patient_scans q WHERE q.series_uid=p.series_uid)"
+            " ORDER BY issuer_of_patient_id, patient_id, acquired_at, recorded_at"
+        )
+        return [_patient_scan(r) for r in rows]
+
+    def queue_reanalysis(self, series_uid: str, reason: str,
+                         now: float | None = None) -> JobRecord | None:
+        """Queue a new revision of a done series whose spool is still there (its report must
+        be re-issued: a late prior of the same patient arrived). None when the series is not
+        done, was purged, or already has a queued or running job."""
+        now = time.time() if now is None else now
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT state, purged_at, instance_count FROM series WHERE series_uid=?",
+                (series_uid,)).fetchone()
+            if row is None or row[0] != SERIES_DONE or row[1] is not None:
+                return None
+            if cur.execute("SELECT 1 FROM jobs WHERE series_uid=? AND state IN (?,?)",
+                           (series_uid, JOB_QUEUED, JOB_RUNNING)).fetchone():
+                return None
+            revision = 1 + cur.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(revision) FROM results WHERE series_uid=?),0),"
+                " COALESCE((SELECT MAX(revision) FROM jobs WHERE series_uid=?),0))",
+                (series_uid, series_uid)).fetchone()[0]
+            cur.execute(
+                "INSERT INTO jobs (series_uid, revision, state, instance_count, created_at)"
+                " VALUES (?,?,?,?,?)", (series_uid, revision, JOB_QUEUED, row[2], now))
+            job_id = cur.lastrowid
+            cur.execute("UPDATE series SET state=?, reason=? WHERE series_uid=?",
+                        (SERIES_QUEUED, reason, series_uid))
+        return self.job(job_id)
+
+    def patient_of_study(self, study_uid: str) -> tuple[str, str] | None:
+        """(patient_id, issuer_of_patient_id) of an analysed study, None if unknown."""
+        rows = self._query(
+            "SELECT patient_id, issuer_of_patient_id FROM patient_scans WHERE study_uid=?"
+            " ORDER BY recorded_at DESC LIMIT 1", (study_uid,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def recent_results(self, limit: int = 20) -> list[ResultRecord]:
+        rows = self._query(f"SELECT {_RESULT_COLS} FROM results ORDER BY created_at DESC LIMIT ?",
+                           (limit,))
+        return [_result(r) for r in rows]
+
+    def jobs_in_state(self, *states: str) -> list[JobRecord]:
+        marks = ",".join("?" * len(states))
+        rows = self._query(f"SELECT {_cols(JobRecord)} FROM jobs WHERE state IN ({marks}) ORDER BY id",
+                           states)
+        return [JobRecord(*r) for r in rows]
+
+    def activity_since(self, since: float) -> tuple[list[JobRecord], list[DeliveryRecord]]:
+        """Jobs finished and deliveries created since ``since`` (the status page's charts)."""
+        jobs = self._query(
+            f"SELECT {_cols(JobRecord)} FROM jobs WHERE finished_at>=? ORDER BY finished_at",
+            (since,))
+        deliveries = self._query(
+            f"SELECT {_cols(DeliveryRecord)} FROM deliveries WHERE created_at>=? ORDER BY id",
+            (since,))
+        return [JobRecord(*r) for r in jobs], [DeliveryRecord(*r) for r in deliveries]
 
     # -- deliveries ----------------------------------------------------------------------
     def due_deliveries(
@@ -893,3 +1025,28 @@ class StateStore:
                 "UPDATE series SET purged_at=?, instance_count=0 WHERE series_uid=?",
                 (now, series_uid),
             )
+
+
+_PATIENT_SCAN_COLS = ("series_uid, revision, study_uid, patient_id, issuer_of_patient_id,"
+                      " acquired_at, measurements_json, sr_study_uid, sr_series_uid, sr_sop_uid,"
+                      " seg_series_uid, seg_sop_uid, recorded_at")
+
+
+def _insert_patient_scan(cur: sqlite3.Cursor, scan: PatientScan) -> None:
+    cur.execute(
+        f"INSERT OR REPLACE INTO patient_scans ({_PATIENT_SCAN_COLS})"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (scan.series_uid, scan.revision, scan.study_uid, scan.patient_id,
+         scan.issuer_of_patient_id, scan.acquired_at, scan.measurements_json,
+         *(scan.sr_uids or (None, None, None)), *(scan.seg_uids or (None, None)),
+         scan.recorded_at),
+    )
+
+
+def _patient_scan(row: Sequence) -> PatientScan:
+    return PatientScan(
+        series_uid=row[0], revision=row[1], study_uid=row[2], patient_id=row[3],
+        issuer_of_patient_id=row[4], acquired_at=row[5], measurements_json=row[6],
+        sr_uids=(row[7], row[8], row[9]) if row[9] else None,
+        seg_uids=(row[10], row[11]) if row[11] else None, recorded_at=row[12],
+    )

@@ -123,6 +123,7 @@ class Worker:
             output = self.analyze(
                 paths, work_dir, self.settings, revision=job.revision,
                 predecessor_sr=predecessor.sr_uids if predecessor else None,
+                earlier_scans=self.store.patient_scans,
             )
             measurements = Path(output.measurements_json).read_text(encoding="utf-8")
             for f in work_dir.iterdir():
@@ -147,6 +148,7 @@ class Worker:
             self.store.complete_job(
                 job.id, measurements_json=measurements, sr_uids=tuple(output.sr_uids),
                 outbox_dir=str(final_dir), deliveries=deliveries,
+                patient_scan=getattr(output, "patient_scan", None),
             )
         except self.bad_input_errors as exc:
             LOG.warning("%s: failed: bad input, not analysed: %s", tag, exc)
@@ -165,6 +167,29 @@ class Worker:
                  f"{final_dir})")
         if deliveries and self.on_deliveries is not None:
             self.on_deliveries()
+        self._reissue_later_report(getattr(output, "course", None), tag)
+
+    def _reissue_later_report(self, course, tag: str) -> None:
+        """A late prior: the scan acquired just after it now has another prior, so its report
+        is re-issued (a new revision, amending the SR already sent)."""
+        if course is None or not self.settings.course.reissue_later_reports:
+            return
+        if course.current_index >= len(course.scans) - 1:
+            return
+        later = course.scans[course.current_index + 1]
+        try:
+            job = self.store.queue_reanalysis(
+                later.series_uid, "re-issued: an earlier scan of the same patient arrived later")
+        except Exception:
+            LOG.exception("%s: cannot queue the re-issue of series %s", tag, later.series_uid)
+            return
+        if job is None:
+            LOG.warning("%s: the report of the later series %s is not re-issued (purged, not "
+                        "done or already queued)", tag, later.series_uid)
+            return
+        LOG.info("%s: earlier than series %s of the same patient: its report is re-issued "
+                 "(job %d revision %d)", tag, later.series_uid, job.id, job.revision)
+        self.notify()
 
     def _fail(self, job: JobRecord, reason: str, work_dir: Path) -> None:
         shutil.rmtree(work_dir, ignore_errors=True)

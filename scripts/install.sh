@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything lungnode and its tests need, idempotently:
-#   1. Debian packages: python3 + python3-venv (if missing), dcmtk, orthanc, dicom3tools
+#   1. Debian packages: python3 + python3-venv (if missing), dcmtk, orthanc, dicom3tools,
+#      chromium (the status page is tested in headless Chromium)
 #      (apt-get only when a binary is missing; sudo only when not root);
 #   2. the Debian "orthanc" service is stopped and disabled (tests start their own Orthanc
 #      instances on random ports; the system one must not hold 4242/8042);

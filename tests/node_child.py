@@ -18,7 +18,7 @@ def main() -> None:
     root, flag = Path(sys.argv[1]), Path(sys.argv[2])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
-    def analyze(paths, out_dir, settings, *, revision=1, predecessor_sr=None):
+    def analyze(paths, out_dir, settings, *, revision=1, predecessor_sr=None, earlier_scans=None):
         out = write_fake_outputs(paths, Path(out_dir), revision, predecessor_sr, block_on=flag)
         with open(root / "completed.log", "a") as log:
             log.write(f"{revision}\n")

@@ -84,7 +84,8 @@ class RecordingAnalysis:
         self.block_on = block_on
         self.fail_with = fail_with
 
-    def __call__(self, paths, out_dir, settings, *, revision=1, predecessor_sr=None):
+    def __call__(self, paths, out_dir, settings, *, revision=1, predecessor_sr=None,
+                 earlier_scans=None):
         self.calls.append({"n": len(paths), "revision": revision, "predecessor_sr": predecessor_sr})
         if self.fail_with is not None:
             raise self.fail_with

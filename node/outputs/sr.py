@@ -33,6 +33,15 @@ measurements list built in ``build_sr``.
 
 When ``predecessor`` is given, the document amends it: Predecessor Documents Sequence
 references it and the Series Description says "amended".
+
+When ``course`` (quant.course.Course) has a prior scan, :func:`course_content` adds the
+comparison (issue 9): one TID 1501 group "Change since prior: whole lung" and one per lobe,
+each with a Time Point Context (TID 1502: the scan's date and its order in the course), the
+value at the prior, the change and the relative change of every measure (codes in
+node.outputs.course_codes), the days since the prior, the trends as qualitative
+evaluations, and COMPOSITE references to the prior's SR and SEG; those two are listed in
+the Pertinent Other Evidence Sequence with the prior's study. The plain-language summary
+is a TEXT item "Course summary" in the Qualitative Evaluations container.
 """
 
 from __future__ import annotations
@@ -77,10 +86,13 @@ def build_sr(
     revision: int,
     software_version: str,
     predecessor: tuple[str, str, str] | None = None,
+    course=None,
 ) -> Dataset:
     """Build the TID 1500 Comprehensive 3D SR for ``series`` referencing the segments of
     ``segs`` ({"lesions": SEG, "lungs": SEG, "lobes": SEG}, node.outputs.seg.build_segs):
     each measurement group references its segment in the SEG of that segment's group.
+
+    course: the patient's course (quant.course.Course) or None; see course_content.
 
     predecessor: (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) of the earlier SR of
         the same source series that this one amends, or None.
@@ -112,6 +124,8 @@ def build_sr(
         if values is None:
             continue
         groups.append(_segment_group(series, seg, spec, values, algorithm, not_computed))
+    course_groups, course_evidence, course_remarks = course_content(series, course, algorithm)
+    groups += course_groups
 
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
@@ -127,7 +141,7 @@ def build_sr(
         procedure_reported=lc.CT_OF_CHEST,
         imaging_measurements=groups,
     )
-    remarks = _remarks(measurements, predecessor, not_computed)
+    remarks = _remarks(measurements, predecessor, not_computed) + course_remarks
     if remarks:
         container = hd.sr.ContainerContentItem(
             name=lc.QUALITATIVE_EVALUATIONS,
@@ -148,7 +162,7 @@ def build_sr(
         previous = [pre]
 
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*patient_study_reference(series.source_datasets), *segs.values()],
+        evidence=[*patient_study_reference(series.source_datasets), *segs.values(), *course_evidence],
         content=report,
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -290,3 +304,94 @@ def _remarks(m: Measurements, predecessor: tuple[str, str, str] | None,
     if predecessor is not None:
         remarks.append((lc.QUALITY_REMARK, f"amends report {predecessor[2]}"))
     return remarks
+
+
+# --- the patient's course (issue 9) ------------------------------------------------------
+
+
+def course_content(series: LoadedSeries, course, algorithm: hd.sr.AlgorithmIdentification):
+    """(measurement groups, evidence datasets, remarks) for the comparison with the prior scan.
+
+    Empty when there is no course or no prior. ``course`` is a quant.course.Course."""
+    from node.outputs import course_codes as cc
+    from quant.course import LOBE_MEASURES, WHOLE_LUNG_MEASURES
+
+    if course is None:
+        return [], [], []
+    remarks = [(cc.COURSE_SUMMARY, course.summary)]
+    prior = course.prior
+    if prior is None:
+        return [], [], remarks
+    time_point = hd.sr.TimePointContext(
+        time_point=course.current.acquired_at.date().isoformat(),
+        time_point_order=course.current_index + 1,
+        subject_time_point_identifier=course.current.study_uid,
+    )
+    common = [
+        hd.sr.Measurement(name=cc.DAYS_SINCE_PRIOR, value=float(course.days_since_prior),
+                          unit=cc.UNIT_DAYS),
+        hd.sr.Measurement(name=cc.SCANS_IN_COURSE, value=float(len(course.scans)),
+                          unit=lc.UNIT_NONE),
+    ]
+
+    def rows(keys, concepts, lobe):
+        out = []
+        for key in keys:
+            point = course.since_prior(key, lobe)
+            concept, unit = concepts[key]
+            prior_value = None if point.value is None or point.change is None else point.value - point.change
+            for derivation, value, value_unit in (
+                (cc.VALUE_AT_PRIOR, prior_value, unit),
+                (cc.CHANGE_SINCE_PRIOR, point.change, unit),
+                (cc.RELATIVE_CHANGE_SINCE_PRIOR, point.relative_change_pct, lc.UNIT_PERCENT),
+            ):
+                if value is not None:
+                    out.append(hd.sr.Measurement(name=concept, value=float(value),
+                                                 unit=value_unit, derivation=derivation))
+        return out
+
+    trends = [hd.sr.QualitativeEvaluation(name, cc.TREND_CODES[trend])
+              for name, trend in ((cc.LESION_TREND, course.trend), (cc.GGO_TREND, course.ggo_trend),
+                                  (cc.CONSOLIDATION_TREND, course.consolidation_trend))
+              if trend is not None]
+    whole = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derive_uid(series.series_instance_uid, "course", prior.study_uid, "whole lung"),
+            identifier="Change since prior: whole lung"),
+        time_point_context=time_point,
+        finding_sites=[hd.sr.FindingSite(lc.LUNG)],
+        algorithm_id=algorithm,
+        measurements=common + rows(WHOLE_LUNG_MEASURES, cc.WHOLE_LUNG_CONCEPTS, None),
+        qualitative_evaluations=trends or None,
+    )
+    evidence = []
+    for name, uids, sop_class in ((cc.PRIOR_REPORT, prior.sr_uids and prior.sr_uids[1:],
+                                   Comprehensive3DSRStorage),
+                                  (cc.PRIOR_SEGMENTATION, prior.seg_uids, SegmentationStorage)):
+        if not uids:
+            continue
+        whole[0].ContentSequence.append(hd.sr.CompositeContentItem(
+            name=name, referenced_sop_class_uid=sop_class, referenced_sop_instance_uid=uids[1],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        ref = Dataset()
+        ref.StudyInstanceUID = prior.study_uid
+        ref.SeriesInstanceUID, ref.SOPInstanceUID = uids
+        ref.SOPClassUID = sop_class
+        evidence.append(ref)
+    groups = [whole]
+    lobe_specs = {spec.key: spec for spec in lc.LOBE_SEGMENTS}
+    for lobe in sorted({m.lobe for m in course.measures if m.lobe is not None}):
+        measurements = rows(LOBE_MEASURES, cc.LOBE_CONCEPTS, lobe)
+        if not measurements or lobe not in lobe_specs:
+            continue
+        spec = lobe_specs[lobe]
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derive_uid(series.series_instance_uid, "course", prior.study_uid, lobe),
+                identifier=f"Change since prior: {spec.label}"),
+            time_point_context=time_point,
+            finding_sites=[hd.sr.FindingSite(spec.property_type, laterality=spec.modifier)],
+            algorithm_id=algorithm,
+            measurements=measurements,
+        ))
+    return groups, evidence, remarks
