@@ -162,7 +162,7 @@ def analyze_series(
         say("rendering the report and the overlay")
         with _output_step("PDF report, summary and overlay"):
             output_files += _write_pictures(series, masks, ggo, consolidation, measurements,
-                                            out_dir, settings, revision)
+                                            out_dir, settings, revision, course)
     del ggo, consolidation
     lap("encode_s")
 
@@ -205,7 +205,7 @@ def analyze_series(
 
 
 def _write_pictures(series, masks, ggo, consolidation, measurements, out_dir: Path,
-                    settings: Settings, revision: int) -> list[Path]:
+                    settings: Settings, revision: int, course=None) -> list[Path]:
     """The PDF report, its summary capture and the overlay series (as enabled)."""
     o = settings.outputs
     hu = series.volume.hu
@@ -226,6 +226,7 @@ def _write_pictures(series, masks, ggo, consolidation, measurements, out_dir: Pa
             title="Lung CT quantification (lungnode)",
             subtitle=_subtitle(series),
             slices=[(_slice_caption(series, k, n), slice_rgb(k)) for k in keys],
+            course=course,
         )
         if o.pdf:
             write_atomically(out_dir / PDF_DOCUMENT_FILENAME, page.pdf)

@@ -171,3 +171,38 @@ def test_report_documents_are_viewable_dicom(tmp_path) -> None:
     if DCIODVFY is not None:
         for p in (pdf_path, summary_path, path):
             assert dciodvfy_errors(p) == [], p.name
+
+
+def test_report_page_shows_the_course_trend_when_there_is_a_prior():
+    """Issue 9: with a prior scan the summary page carries a trend chart of the course
+    (lesions, GGO, consolidation at each scan); without one it does not."""
+    from datetime import datetime, timedelta, timezone
+
+    from quant.course import CourseScan, build_course
+
+    start = datetime(2020, 4, 1, 9, tzinfo=timezone.utc)
+
+    def scan(day, lesion, ggo, cons):
+        return CourseScan(study_uid=f"1.2.3.{day}", series_uid=f"1.2.3.{day}.1",
+                          acquired_at=start + timedelta(days=day),
+                          values={"lesion_volume_ml": lesion, "ggo_volume_ml": ggo,
+                                  "consolidation_volume_ml": cons})
+
+    course = build_course(scan(14, 300.0, 200.0, 100.0), [scan(0, 100.0, 90.0, 10.0),
+                                                          scan(7, 400.0, 300.0, 100.0)])
+    slice_rgb = np.zeros((64, 64, 3), np.uint8)
+    slices = [("a", slice_rgb), ("b", slice_rgb), ("c", slice_rgb)]
+    with_course = render.render_report(_measurements(), title="t", subtitle="s", slices=slices,
+                                       course=course).rgb
+    without = render.render_report(_measurements(), title="t", subtitle="s", slices=slices).rgb
+
+    def near(rgb, colour):   # pixels of a trend line colour (#37474f lesions, #d84315 cons.)
+        return int((np.abs(rgb.astype(int) - colour).sum(axis=2) < 30).sum())
+
+    lesions, cons = (0x37, 0x47, 0x4f), (0xd8, 0x43, 0x15)
+    assert near(with_course, lesions) > near(without, lesions) + 200   # the lesions line
+    assert near(with_course, cons) > near(without, cons) + 200         # the consolidation line
+    single = build_course(scan(0, 100.0, 90.0, 10.0), [])
+    alone = render.render_report(_measurements(), title="t", subtitle="s", slices=slices,
+                                 course=single).rgb
+    assert near(alone, lesions) == near(without, lesions)   # one scan: no chart

@@ -130,9 +130,40 @@ def _lobe_rows(m: Measurements) -> list[tuple[str, ...]]:
     return rows
 
 
+TREND_COLOURS = {"lesions": "#37474f", "GGO": "#f9a825", "consolidation": "#d84315"}
+
+
+def _draw_course(ax, course) -> None:
+    """The patient's course (quant.course.Course): lesion, GGO and consolidation volumes at
+    each scan, the current scan marked, the lesion trend in the title."""
+    from matplotlib.dates import DateFormatter
+
+    dates = [scan.acquired_at for scan in course.scans]
+    for name, key in (("lesions", "lesion_volume_ml"), ("GGO", "ggo_volume_ml"),
+                      ("consolidation", "consolidation_volume_ml")):
+        points = [(d, scan.values.get(key)) for d, scan in zip(dates, course.scans)]
+        points = [(d, v) for d, v in points if v is not None]
+        if points:
+            ax.plot([d for d, _ in points], [v for _, v in points], "o-", markersize=3,
+                    linewidth=1.5, color=TREND_COLOURS[name], label=name)
+    ax.axvline(dates[course.current_index], color="#90a4ae", linestyle=":", linewidth=1)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("ml", fontsize=7)
+    ax.set_xticks(dates if len(dates) <= 6 else dates[:: max(1, len(dates) // 6)])
+    ax.xaxis.set_major_formatter(DateFormatter("%m-%d"))
+    ax.tick_params(labelsize=6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="upper left")
+    ax.set_title(f"Course over {len(course.scans)} scans\nlesions: {course.trend or 'n/a'} "
+                 "since the prior (summary in the SR)", fontsize=7)
+
+
 def render_report(m: Measurements, *, title: str, subtitle: str,
-                  slices: list[tuple[str, np.ndarray]]) -> ReportPage:
-    """The one-page report. ``slices`` are (caption, RGB image) key slices (overlay_rgb)."""
+                  slices: list[tuple[str, np.ndarray]], course=None) -> ReportPage:
+    """The one-page report. ``slices`` are (caption, RGB image) key slices (overlay_rgb).
+
+    ``course`` (quant.course.Course) with more than one scan adds a trend chart of the
+    patient's course in place of the last key slice."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -176,7 +207,14 @@ def render_report(m: Measurements, *, title: str, subtitle: str,
         lines = lines[:6] + ["... (all flags are in the SR)"]
     fig.text(0.06, 0.495, "\n".join(lines), fontsize=7, va="top", linespacing=1.3)
 
-    width = 0.88 / max(1, len(slices))
+    with_course = course is not None and len(course.scans) > 1
+    if with_course and len(slices) > 2:
+        slices = slices[:2]
+    panels = len(slices) + (1 if with_course else 0)
+    width = 0.88 / max(1, panels)
+    if with_course:
+        _draw_course(fig.add_axes((0.06 + len(slices) * width + 0.04, 0.14, width - 0.06, 0.21)),
+                     course)
     for i, (caption, image) in enumerate(slices):
         ax = fig.add_axes((0.06 + i * width, 0.12, width - 0.01, 0.27))
         ax.imshow(image, interpolation="nearest")
