@@ -99,7 +99,8 @@ def run(series_dir: Path, labels_csv: Path, subject: str, settings) -> dict:
     rows = read_labels(labels_csv, subject)
     series = load_series(files, require_valid_uids=False)
     labels = slice_labels(series, rows, labels_csv)
-    masks = segment(series.volume, engine=settings.analysis.engine, device=settings.analysis.device)
+    masks = segment(series.volume, engine=settings.analysis.engine, device=settings.analysis.device,
+                    lung_engine=settings.analysis.lung_engine)
     areas = lesion_areas(masks.lesion, masks.lobes, series.volume.spacing_mm, labels)
     results = evaluate(areas, FLOORS_MM2)
     return {
