@@ -28,11 +28,14 @@ Rules, in order (sizes in mm, so anisotropic voxels are handled):
    it (pneumonia is multifocal and confluent; a nodule sits alone in aerated lung). These
    are excluded only when there are at most ``MAX_SOLITARY_NODULES`` (4) of them: many
    compact foci are read as multifocal opacities and all count (then a note says so).
-4. ``small_focus``: an isolated focus (same 10 mm isolation) under
-   ``SMALL_FOCUS_DIAMETER_MM`` (10 mm, 0.52 ml) of any shape: a sub-centimetre opacity alone in
-   aerated lung is a micronodule, a vessel or bronchial-wall segment, or mask noise, not the
-   patchy GGO / consolidation the CT score grades (on 2.5 mm slices such foci span 2-4
+4. ``small_focus``: a focus of any shape whose *cluster* is under
+   ``SMALL_FOCUS_DIAMETER_MM`` (10 mm equivalent diameter, 0.52 ml). A cluster is the
+   components that lie within ``ISOLATION_MM`` (10 mm) of one another, chained; its size is
+   their summed volume. A sub-centimetre opacity, or a sub-centimetre group of specks, alone
+   in aerated lung is a micronodule, a vessel or bronchial-wall segment, or mask noise, not
+   the patchy GGO / consolidation the CT score grades (on 2.5 mm slices such foci span 2-4
    slices, so their shape figures are not reliable enough for rule 3). Any number of them.
+   A small focus in the cluster of a larger patch counts with it.
 5. everything else is ``pneumonia``.
 
 Limits: a single round pneumonic focus (e.g. an early "round pneumonia" or a reversed-halo
@@ -144,6 +147,14 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
             continue
         dist = ndi.distance_transform_edt(sub != i, sampling=spacing)
         isolated[i] = not (others & (dist <= ISOLATION_MM)).any()
+    # clusters: components within ISOLATION_MM of each other (each grown by half of it)
+    near = _within(lesion, spacing, ISOLATION_MM / 2.0)
+    clusters, _ = ndi.label(near, structure=np.ones((3, 3, 3), bool))
+    cluster_of = np.zeros(n + 1, np.int64)
+    cluster_of[lab] = clusters[idx]
+    cluster_ml = np.bincount(cluster_of[1:], weights=volume_ml[1:], minlength=int(cluster_of.max()) + 1)
+    small_cluster = np.zeros(n + 1, bool)
+    small_cluster[1:] = (6.0 * cluster_ml[cluster_of[1:]] * 1000.0 / np.pi) ** (1.0 / 3.0) < SMALL_FOCUS_DIAMETER_MM
     nodules = np.flatnonzero(compact & isolated & ~small)
     notes = []
     if nodules.size > MAX_SOLITARY_NODULES:
@@ -151,7 +162,7 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
                      "read as multifocal opacities, all counted toward involvement")
     else:
         kind[nodules] = "nodule"
-    kind[np.flatnonzero(small & isolated)] = "small_focus"
+    kind[np.flatnonzero(small & (isolated | small_cluster))] = "small_focus"
 
     counted_ids = np.flatnonzero(kind == "pneumonia")
     keep = np.zeros(n + 1, bool)
@@ -170,3 +181,14 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
             centroid_zyx=tuple(int(round(mean[a][i] / spacing[a])) for a in range(3))))
     excluded.sort(key=lambda c: -c.volume_ml)
     return Involvement(counted, excluded, int(n), notes)
+
+
+def _within(mask: np.ndarray, spacing: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Voxels within ``radius_mm`` of ``mask`` (computed inside its bounding box + radius)."""
+    pad = np.ceil(radius_mm / spacing).astype(int) + 1
+    nz = np.nonzero(mask)
+    box = tuple(slice(max(0, int(a.min()) - p), min(dim, int(a.max()) + p + 1))
+                for a, p, dim in zip(nz, pad, mask.shape))
+    out = np.zeros(mask.shape, bool)
+    out[box] = ndi.distance_transform_edt(~mask[box], sampling=spacing) <= radius_mm
+    return out

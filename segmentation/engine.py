@@ -72,7 +72,10 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
     if engine == "unet":
         from segmentation.unet_engine import segment_lesions_unet
 
-        lesion = segment_lesions_unet(volume, lung, device=device)
+        from segmentation.lesion_margin import grow_margin
+
+        # the network's mask stops one voxel inside the opacity: add that edge (lesion_margin)
+        lesion = grow_margin(volume.hu, segment_lesions_unet(volume, lung, device=device), lung)
     else:
         lesion = segment_lesions_threshold(volume.hu, lung, volume.spacing_mm)
     lobes = segment_lobes(volume, lungs.left, lungs.right)

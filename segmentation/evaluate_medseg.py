@@ -15,6 +15,8 @@ GGO / consolidation:
   (GGO -750 <= HU < -350, consolidation HU >= -350), reported beside it.
 The ``threshold`` engine is run on the calibrated slice as a 1-slice volume inside a rough
 2-D lung mask (medseg.lung_mask_2d), split by HU (it has no class head).
+The one-voxel lesion margin the node adds (segmentation.lesion_margin) is applied to the unet
+mask, inside the 2-D lung mask joined with the lesion; ``--no-margin`` gives the network alone.
 Dice is pooled over all slices (sum of intersections / sum of sizes); per-slice values too.
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segmentation.lesion_margin import grow_margin
 from segmentation.medseg import MEDSEG_FIELD_MM, MedSegSlice, load_medseg, lung_mask_2d, model_grid_shape
 
 log = logging.getLogger(__name__)
@@ -96,7 +99,8 @@ class _Pool:
 
 
 def evaluate(root: str | Path, split: str = "all", engine_name: str = "unet",
-             weights: str | None = None, device: str = "auto", slices=None) -> dict:
+             weights: str | None = None, device: str = "auto", slices=None,
+             margin: bool = True) -> dict:
     slices = slices if slices is not None else load_medseg(root, split)
     engine = None
     if engine_name == "unet":
@@ -109,8 +113,15 @@ def evaluate(root: str | Path, split: str = "all", engine_name: str = "unet",
     per_slice = []
     for sl in slices:
         if engine is not None:
-            cls = classes_from_probs(predict_slice_unet(engine, sl))
+            probs = predict_slice_unet(engine, sl)
+            cls = classes_from_probs(probs)
             lesion = cls > 0
+            if margin:
+                # as the node does (segmentation.lesion_margin); the lung is the 2-D lung mask
+                # joined with the lesion (that mask misses dense disease)
+                grown = grow_margin(sl.hu, lesion, lung_mask_2d(sl.hu) | lesion)
+                cls = np.where(grown & ~lesion, np.where(probs[2] > probs[1], 2, 1), cls).astype(np.uint8)
+                lesion = grown
         else:
             lesion = predict_slice_threshold(sl)
             cls = classes_by_hu(lesion, sl.hu)
@@ -128,6 +139,7 @@ def evaluate(root: str | Path, split: str = "all", engine_name: str = "unet",
         "engine": engine_name,
         "weights_sha256": getattr(engine, "sha256", None),
         "split": split,
+        "margin": bool(margin and engine is not None),
         "n_slices": len(slices),
         "lesion_dice": pool.dice("lesion"),
         "ggo_dice": pool.dice("ggo"),
@@ -151,9 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", choices=("unet", "threshold"), default="unet")
     ap.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--no-margin", action="store_true",
+                    help="the network's mask alone, without the node's one-voxel lesion margin")
     args = ap.parse_args(argv)
     try:
-        res = evaluate(args.dir, args.split, args.engine, args.weights, args.device)
+        res = evaluate(args.dir, args.split, args.engine, args.weights, args.device,
+                       margin=not args.no_margin)
     except (FileNotFoundError, ValueError) as exc:
         print(f"lungnode evaluate medseg: {exc}", file=sys.stderr)
         return 2

@@ -129,6 +129,21 @@ def test_isolated_small_focus_is_not_counted_but_one_near_a_patch_is() -> None:
     assert inv.counted.sum() == (near | patch).sum()
 
 
+def test_a_group_of_small_foci_under_a_centimetre_is_not_counted_but_a_larger_group_is() -> None:
+    # lesion-free lungs (LIDC-IDRI-0001, normal002) scored 1 from two small foci a few mm
+    # apart: neither was "isolated", though together they are one sub-centimetre opacity
+    hu, left, right, lobes = _chest()
+    pair = _ball((30, 60, 50), 2.5) | _ball((30, 60, 58), 2.5)          # 3 mm gap, ~0.13 ml
+    group = np.zeros(SHAPE, bool)
+    for k in range(4):                                                 # 4 x 0.5 ml, 4 mm gaps
+        group |= _ball((50, 100, 60 + 14 * k), 5.0)
+    hu[pair | group] = -500
+    inv = classify_lesions(hu, pair | group, SPACING)
+    assert sorted(c.kind for c in inv.excluded) == ["small_focus", "small_focus"]
+    assert not (inv.counted & pair).any()
+    assert inv.counted.sum() == group.sum()
+
+
 def test_specks_are_not_counted() -> None:
     hu, left, right, lobes = _chest()
     speck = np.zeros(SHAPE, bool)

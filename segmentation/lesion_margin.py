@@ -1,0 +1,36 @@
+"""The lesion's edge: the outermost voxel layer that COVID-Lesion Net leaves out.
+
+The network predicts on its own 1.5 mm grid and its probability is resampled back to the
+source grid and thresholded at 0.5, so its mask stops about one voxel inside the opacity.
+Measured on the phantom (seed 0, truth lungs): 85% of the truth GGO voxels were found, and
+the missed ones lay at the edge (median depth 1.5 mm in-plane = one pixel, 90th percentile
+2.5 mm = one slice), which made GGO -14% by volume.
+
+``grow_margin`` adds, once, every lung voxel that touches the lesion across a face (6
+neighbours in 3-D, 4 in a single slice) and is at least as dense as the GGO floor
+(``floor_hu``, the study's -750 HU): a voxel at lesion density touching the lesion is the
+lesion's edge. One step only, so the mask cannot creep along vessels or into the chest-wall
+side of the lung mask; aerated lung (below the floor) never joins. Nothing was fitted: the
+step count (one voxel) is the size of the bias, and the floor is the study's GGO threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+GGO_FLOOR_HU = -750.0
+
+
+def grow_margin(hu: np.ndarray, lesion: np.ndarray, lung: np.ndarray,
+                floor_hu: float = GGO_FLOOR_HU) -> np.ndarray:
+    """``lesion`` plus its one-voxel, lesion-dense margin inside ``lung`` (same shapes;
+    3-D (z, y, x) uses 6-connectivity, 2-D 4-connectivity)."""
+    if not (hu.shape == lesion.shape == lung.shape):
+        raise ValueError(f"hu {hu.shape}, lesion {lesion.shape} and lung {lung.shape} differ in shape")
+    lesion = np.asarray(lesion, bool)
+    if not lesion.any():
+        return lesion.copy()
+    structure = ndi.generate_binary_structure(lesion.ndim, 1)
+    ring = ndi.binary_dilation(lesion, structure) & ~lesion
+    return lesion | (ring & np.asarray(lung, bool) & (hu >= floor_hu))
