@@ -15,6 +15,12 @@ network receiver still refuses them), segmented by the configured engine, and th
 area per slice / slice-lobe is compared with the labels by quant.slice_eval at several area
 floors (a slice counts as positive with >= 25 mm^2 of lesion; the other floors are printed
 too).
+
+Two masks are scored. ``by_floor_mm2``: every lesion voxel (the mask in the SEG and in the
+lesion volumes). ``by_floor_mm2_pneumonia``: only the lesion components the node counts as
+pneumonia (quant.involvement: specks, solitary nodules, calcified foci and sub-centimetre
+foci left out), i.e. the mask behind the lobe scores and the CT score, which is what the
+radiologists' "infected" labels grade.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from node.config import ConfigError, load_settings
 from node.volume import LoadedSeries, VolumeError, load_series
+from quant.involvement import classify_lesions
 from quant.slice_eval import (DEFAULT_FLOOR_MM2, FLOORS_MM2, LABEL_LOBES, SliceLabel, evaluate,
                               lesion_areas)
 
@@ -103,6 +110,8 @@ def run(series_dir: Path, labels_csv: Path, subject: str, settings) -> dict:
                     lung_engine=settings.analysis.lung_engine)
     areas = lesion_areas(masks.lesion, masks.lobes, series.volume.spacing_mm, labels)
     results = evaluate(areas, FLOORS_MM2)
+    counted = classify_lesions(series.volume.hu, masks.lesion, series.volume.spacing_mm).counted
+    pneumonia = evaluate(lesion_areas(counted, masks.lobes, series.volume.spacing_mm, labels), FLOORS_MM2)
     return {
         "subject": subject,
         "series_dir": str(series_dir),
@@ -114,6 +123,8 @@ def run(series_dir: Path, labels_csv: Path, subject: str, settings) -> dict:
         "lobes_available": masks.lobes is not None,
         "by_floor_mm2": {f"{floor:g}": {level: c.to_json_dict() for level, c in res.items()}
                          for floor, res in results.items()},
+        "by_floor_mm2_pneumonia": {f"{floor:g}": {level: c.to_json_dict() for level, c in res.items()}
+                                   for floor, res in pneumonia.items()},
         "per_slice": [
             {"z": int(z), "infected": bool(inf), "lesion_mm2": round(float(a), 2),
              **({f"{c}_lesion_mm2": round(float(areas.lobe_mm2[c][i]), 2) for c in areas.lobe_mm2})}
@@ -130,9 +141,17 @@ def print_summary(doc: dict, out=sys.stdout) -> None:
     print(f"{doc['subject']}: {doc['n_slices']} slices, {doc['n_infected_slices']} labelled "
           f"infected, {doc['n_infected_slice_lobes']} infected slice-lobes ({doc['engine']} engine)",
           file=out)
+    for key, title in (("by_floor_mm2", "every lesion voxel"),
+                       ("by_floor_mm2_pneumonia", "pneumonia components (what the CT score counts)")):
+        if key in doc:
+            print(f"-- {title}", file=out)
+            _print_table(doc, doc[key], out)
+
+
+def _print_table(doc: dict, table: dict, out) -> None:
     print("floor_mm2  slice_sens slice_spec  (tp fp tn fn)   lobe_sens lobe_spec  (tp fp tn fn)",
           file=out)
-    for floor, res in doc["by_floor_mm2"].items():
+    for floor, res in table.items():
         s = res["slice"]
         mark = "  <- default" if float(floor) == doc["default_floor_mm2"] else ""
         line = (f"{floor:>9}  {_fmt(s['sensitivity'])}      {_fmt(s['specificity'])}     "

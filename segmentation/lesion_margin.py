@@ -7,11 +7,15 @@ the missed ones lay at the edge (median depth 1.5 mm in-plane = one pixel, 90th 
 2.5 mm = one slice), which made GGO -14% by volume.
 
 ``grow_margin`` adds, once, every lung voxel that touches the lesion across a face (6
-neighbours in 3-D, 4 in a single slice) and is at least as dense as the GGO floor
-(``floor_hu``, the study's -750 HU): a voxel at lesion density touching the lesion is the
-lesion's edge. One step only, so the mask cannot creep along vessels or into the chest-wall
-side of the lung mask; aerated lung (below the floor) never joins. Nothing was fitted: the
-step count (one voxel) is the size of the bias, and the floor is the study's GGO threshold.
+neighbours in 3-D, 4 in a single slice) and has ground-glass density (``floor_hu`` <= HU <
+``ceiling_hu``, the study's GGO band, -750..-350 HU): a voxel at lesion density touching the
+lesion is the lesion's edge. Aerated lung (below the band) never joins. Soft-tissue-density
+voxels (at or above the band) do not join either: beside a lesion such a voxel may be
+consolidation, but it may as well be a vessel or the chest wall that the lung mask's border
+holds, and HU cannot tell them apart (tried on the phantom with the learned lungs: growing
+into them added 26 ml of "consolidation", mostly chest wall). One step only, so the mask
+cannot creep along partial-volume vessel walls. Nothing was fitted: the step (one voxel) is
+the size of the bias, and the band is the study's GGO threshold.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 GGO_FLOOR_HU = -750.0
+GGO_CEILING_HU = -350.0
 
 
 def grow_margin(hu: np.ndarray, lesion: np.ndarray, lung: np.ndarray,
-                floor_hu: float = GGO_FLOOR_HU) -> np.ndarray:
-    """``lesion`` plus its one-voxel, lesion-dense margin inside ``lung`` (same shapes;
+                floor_hu: float = GGO_FLOOR_HU, ceiling_hu: float = GGO_CEILING_HU) -> np.ndarray:
+    """``lesion`` plus its one-voxel, ground-glass-density margin inside ``lung`` (same shapes;
     3-D (z, y, x) uses 6-connectivity, 2-D 4-connectivity)."""
     if not (hu.shape == lesion.shape == lung.shape):
         raise ValueError(f"hu {hu.shape}, lesion {lesion.shape} and lung {lung.shape} differ in shape")
@@ -33,4 +38,4 @@ def grow_margin(hu: np.ndarray, lesion: np.ndarray, lung: np.ndarray,
         return lesion.copy()
     structure = ndi.generate_binary_structure(lesion.ndim, 1)
     ring = ndi.binary_dilation(lesion, structure) & ~lesion
-    return lesion | (ring & np.asarray(lung, bool) & (hu >= floor_hu))
+    return lesion | (ring & np.asarray(lung, bool) & (hu >= floor_hu) & (hu < ceiling_hu))

@@ -84,6 +84,13 @@ def test_cli_on_a_real_pneumonia_series(tmp_path: Path) -> None:
     # a higher floor never calls more slices positive
     positives = [r["slice"]["tp"] + r["slice"]["fp"] for r in doc["by_floor_mm2"].values()]
     assert positives == sorted(positives, reverse=True)
+    # the pneumonia-only mask is a subset of the lesion mask: never more positive slices
+    assert set(doc["by_floor_mm2_pneumonia"]) == set(doc["by_floor_mm2"])
+    for floor, res in doc["by_floor_mm2_pneumonia"].items():
+        s, all_voxels = res["slice"], doc["by_floor_mm2"][floor]["slice"]
+        assert s["tp"] + s["fp"] + s["tn"] + s["fn"] == 131
+        assert s["tp"] <= all_voxels["tp"] and s["fp"] <= all_voxels["fp"]
+    assert "pneumonia components" in proc.stdout
 
 
 @pytest.mark.skipif(not LABELS.is_file(), reason="shared/data is not mounted")
