@@ -13,8 +13,7 @@ volume gets a coherent 3-D shape and a single slice works with z = 1).
 
 Patterns (``PATTERNS``):
 - ``dependent_consolidation``: the posterior 15-60% of a lung (per slice, by row), with an
-  anterior border from flat to irregular (0-10 mm noise), homogeneous -40..+60 HU, with or
-  without air bronchograms (a third have none: dense, flat and airless, it must stay lung);
+  irregular (noise-perturbed) anterior border, homogeneous -40..+60 HU, air bronchograms;
 - ``lobar_consolidation``: the lung on one side of an oblique fissure-like line (10-70% of
   the lung), dense, irregular border, air bronchograms;
 - ``diffuse_ggo``: patchy to confluent ground glass (-700..-450 HU) over 40-100% of a lung;
@@ -39,11 +38,6 @@ from scipy import ndimage as ndi
 
 PATTERNS = ("dependent_consolidation", "lobar_consolidation", "diffuse_ggo", "crazy_paving",
             "white_lung", "atelectasis", "emphysema", "effusion")
-# how often each pattern is drawn when none is asked for: dense patterns, which the lung
-# must keep whatever their shape, most often
-PATTERN_WEIGHTS = {"dependent_consolidation": 0.22, "lobar_consolidation": 0.14, "white_lung": 0.14,
-                   "diffuse_ggo": 0.10, "crazy_paving": 0.07, "atelectasis": 0.08, "emphysema": 0.08,
-                   "effusion": 0.17}
 DENSE_HU = (-40.0, 60.0)
 GGO_HU = (-700.0, -450.0)
 EFFUSION_HU = (0.0, 25.0)
@@ -152,7 +146,7 @@ def _paint_one(pattern, out, side, lung, sp, rng, noise_sd, eff):
     tex = _noise(out.shape, sp, rng.uniform(2, 5), rng)
     if pattern in ("dependent_consolidation", "lobar_consolidation", "white_lung", "atelectasis"):
         if pattern == "dependent_consolidation":
-            region = _dependent(side, sp, rng, (0.15, 0.6), rng.uniform(0, 10))
+            region = _dependent(side, sp, rng, (0.15, 0.6), rng.uniform(2, 10))
         elif pattern == "lobar_consolidation":
             region = _lobar(side, sp, rng)
         elif pattern == "white_lung":
@@ -171,8 +165,7 @@ def _paint_one(pattern, out, side, lung, sp, rng, noise_sd, eff):
             target = rng.uniform(*DENSE_HU) + 10.0 * tex
         sig = 0.4 if rng.random() < 0.5 else rng.uniform(0.8, 1.5)
         out = _raise(out, region, target, sp, rng, sig, lung, noise_sd)
-        airless = pattern == "dependent_consolidation" and rng.random() < 1 / 3
-        if pattern != "atelectasis" and not airless:
+        if pattern != "atelectasis":
             air = _bronchograms(region, sp, rng, int(rng.integers(0, 6)))
             out = np.where(air, rng.uniform(*AIR_HU) + noise_sd * rng.standard_normal(out.shape), out)
     elif pattern in ("diffuse_ggo", "crazy_paving"):
@@ -253,8 +246,7 @@ def paint_disease(hu: np.ndarray, right: np.ndarray, left: np.ndarray, spacing_m
     eff = np.zeros(hu.shape, bool)
     if patterns is None:
         k = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
-        w = np.array([PATTERN_WEIGHTS[p] for p in PATTERNS], float)
-        patterns = tuple(rng.choice(PATTERNS, size=k, replace=False, p=w / w.sum()))
+        patterns = tuple(rng.choice(PATTERNS, size=k, replace=False))
         patterns = tuple(sorted(patterns, key=lambda p: p != "effusion"))
     for p in patterns:
         if p not in PATTERNS:

