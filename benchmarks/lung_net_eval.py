@@ -83,7 +83,7 @@ def cmd_painted(args) -> int:
     from segmentation.types import Volume
 
     torch.set_num_threads(args.threads)
-    eng = LungNetEngine(device=args.device)
+    eng = LungNetEngine(args.weights, device=args.device)
     results: dict = {"weights_sha256": eng.sha256, "device": str(eng.device)}
     series = [("lidc0001", DATA / "lidc_idri_chest_ct_dicom/LIDC-IDRI-0001_full_series", "held out")]
     if args.with_training_series:
@@ -230,6 +230,7 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("painted")
     p.add_argument("--json")
+    p.add_argument("--weights", default=None, help="lung_net.pt to measure (default: the shipped one)")
     p.add_argument("--no-classical", action="store_true")
     p.add_argument("--cases", default=None, help="comma-separated subset of the painted cases")
     p.add_argument("--with-training-series", action="store_true")

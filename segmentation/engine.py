@@ -75,7 +75,8 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
         from segmentation.lesion_margin import grow_margin
 
         # the network's mask stops one voxel inside the opacity: add that edge (lesion_margin)
-        lesion = grow_margin(volume.hu, segment_lesions_unet(volume, lung, device=device), lung)
+        lesion = grow_margin(volume.hu, segment_lesions_unet(volume, lung, device=device), lung,
+                             volume.spacing_mm)
     else:
         lesion = segment_lesions_threshold(volume.hu, lung, volume.spacing_mm)
     lobes = segment_lobes(volume, lungs.left, lungs.right)

@@ -187,11 +187,10 @@ def _status_with_skipped(node: NodeProcess, count: int):
     return skipped if len(skipped) >= count else None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 6 target not met yet: the default engines (LungNet + "
-                   "COVID-Lesion Net v2) find the phantom's lung within 1% but GGO about 15% short")
 def test_phantom_default_engines_within_5_percent(tmp_path: Path):
     """The issue-6 target: `lungnode phantom` + `lungnode analyze` with the default engines
-    within 5% for lung, GGO and consolidation. Strict xfail: it fails loudly once it passes."""
+    within 5% for lung, GGO and consolidation (by volume; where the voxels lie is the next
+    test's business)."""
     phantom_dir, out_dir = tmp_path / "phantom", tmp_path / "out"
     assert _lungnode("phantom", "--out", str(phantom_dir), "--seed", "0").returncode == 0
     truth = json.loads((phantom_dir / "truth.json").read_text())
@@ -202,3 +201,28 @@ def test_phantom_default_engines_within_5_percent(tmp_path: Path):
     for key in ("ggo_volume_ml", "consolidation_volume_ml"):
         error = abs(measured[key] - truth[key]) / truth[key]
         assert error <= 0.05, f"{key}: measured {measured[key]:.1f} vs truth {truth[key]:.1f}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known failure: the phantom's volumes agree partly by cancellation. The learned lungs take "
+    "~290 ml of soft tissue at the lung bases and miss ~300 ml elsewhere (Dice 0.94); the lesion "
+    "net finds 13 of the 47.5 ml of consolidation (it misses the pleural plaque at the chest "
+    "wall) and calls about as much soft tissue in the lung bases consolidation"))
+def test_phantom_lesions_are_found_where_they_are():
+    """The voxels behind the phantom figures: at least 80% of the truth GGO and of the truth
+    consolidation inside the node's lesion mask, and the lungs with Dice >= 0.97."""
+    import numpy as np
+
+    from node.phantom import phantom_with_labels
+    from segmentation.engine import segment
+    from segmentation.types import Volume
+
+    vol, _truth, labels = phantom_with_labels(seed=0)
+    masks = segment(Volume(vol.hu.astype(np.float32), vol.spacing_mm), engine="unet", device="cpu")
+    lung = masks.lung_left | masks.lung_right
+    dice = 2 * (lung & labels["lung"]).sum() / (lung.sum() + labels["lung"].sum())
+    ggo_found = (masks.lesion & labels["ggo"]).sum() / labels["ggo"].sum()
+    cons_found = (masks.lesion & labels["consolidation"]).sum() / labels["consolidation"].sum()
+    assert ggo_found >= 0.8, f"GGO found {ggo_found:.2f}"
+    assert dice >= 0.97, f"lung Dice {dice:.3f}"
+    assert cons_found >= 0.8, f"consolidation found {cons_found:.2f}"
