@@ -113,6 +113,7 @@ class SelectionSettings(_Strict):
 class AnalysisSettings(_Strict):
     engine: Literal["threshold", "unet"] = "unet"
     lung_engine: Literal["net", "classical"] = "net"
+    lesion_margin: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ggo_min_hu: float = -750.0
     consolidation_min_hu: float = -350.0

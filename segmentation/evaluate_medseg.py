@@ -15,8 +15,9 @@ GGO / consolidation:
   (GGO -750 <= HU < -350, consolidation HU >= -350), reported beside it.
 The ``threshold`` engine is run on the calibrated slice as a 1-slice volume inside a rough
 2-D lung mask (medseg.lung_mask_2d), split by HU (it has no class head).
-The one-voxel lesion margin the node adds (segmentation.lesion_margin) is applied to the unet
-mask, inside the 2-D lung mask joined with the lesion; ``--no-margin`` gives the network alone.
+With ``--margin`` the one-voxel lesion margin (segmentation.lesion_margin, the node's
+``analysis.lesion_margin``) is added to the unet mask, inside the 2-D lung mask joined with the
+lesion (no size gate: a 2-D slice has no volume).
 Dice is pooled over all slices (sum of intersections / sum of sizes); per-slice values too.
 """
 
@@ -100,7 +101,7 @@ class _Pool:
 
 def evaluate(root: str | Path, split: str = "all", engine_name: str = "unet",
              weights: str | None = None, device: str = "auto", slices=None,
-             margin: bool = True) -> dict:
+             margin: bool = False) -> dict:
     slices = slices if slices is not None else load_medseg(root, split)
     engine = None
     if engine_name == "unet":
@@ -163,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", choices=("unet", "threshold"), default="unet")
     ap.add_argument("--weights", default=None, help="weights file (default: the shipped one)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--no-margin", action="store_true",
-                    help="the network's mask alone, without the node's one-voxel lesion margin")
+    ap.add_argument("--margin", action="store_true",
+                    help="add the one-voxel lesion margin (as analysis.lesion_margin: true does)")
     args = ap.parse_args(argv)
     try:
         res = evaluate(args.dir, args.split, args.engine, args.weights, args.device,
-                       margin=not args.no_margin)
+                       margin=args.margin)
     except (FileNotFoundError, ValueError) as exc:
         print(f"lungnode evaluate medseg: {exc}", file=sys.stderr)
         return 2
