@@ -47,19 +47,12 @@ CASES = [  # (name, patterns, sides, seed)
 
 
 def read(path: Path):
-    import SimpleITK as sitk
-
+    from segmentation.train import read_image
+    from segmentation.train_lungs import array_spacing
     from segmentation.types import Volume
 
-    if path.is_dir():
-        r = sitk.ImageSeriesReader()
-        r.SetFileNames(r.GetGDCMSeriesFileNames(str(path)))
-        img = r.Execute()
-    else:
-        img = sitk.ReadImage(str(path))
-    img = sitk.DICOMOrient(img, "LPS")
-    a = np.maximum(sitk.GetArrayFromImage(img).astype(np.float32), -1024.0)
-    return Volume(a, tuple(float(s) for s in img.GetSpacing()[::-1]))
+    a, spacing = array_spacing(read_image(path))
+    return Volume(np.maximum(a.astype(np.float32), -1024.0), spacing)
 
 
 def dice(a, b) -> float:

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from segmentation.lung_net import LEFT, RIGHT, LungNet, normalise_hu
 from segmentation.lung_synth import paint_disease
+from segmentation.train import read_image
 
 PIXEL_MM = 2.5
 CROP = 144
@@ -72,18 +73,6 @@ class Host:
 
 # ---------------------------------------------------------------------------------------
 # loading (SimpleITK only; no pydicom in segmentation/)
-
-
-def read_image(path: Path):
-    import SimpleITK as sitk
-
-    if path.is_dir():
-        r = sitk.ImageSeriesReader()
-        r.SetFileNames(r.GetGDCMSeriesFileNames(str(path)))
-        img = r.Execute()
-    else:
-        img = sitk.ReadImage(str(path))
-    return sitk.DICOMOrient(img, "LPS")
 
 
 def read_files(files: list[Path]):

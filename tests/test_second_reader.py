@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from peers import REPO_ROOT, shared_data_dir
+from analysed_ct import analyse_cip_ct64
 
 SEGIMAGE2ITKIMAGE = shutil.which("segimage2itkimage") or str(
     Path(sys.executable).parent / "segimage2itkimage")
@@ -25,15 +25,7 @@ SEGIMAGE2ITKIMAGE = shutil.which("segimage2itkimage") or str(
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory) -> Path:
-    ct = shared_data_dir() / "chest_imaging_platform_ct64" / "ct-64Dicom"
-    if not ct.is_dir():
-        pytest.skip("shared/data is not mounted")
-    out = tmp_path_factory.mktemp("analysed")
-    proc = subprocess.run([sys.executable, "-m", "node.cli", "analyze", "--engine", "threshold",
-                           "--out", str(out), str(ct)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    return analyse_cip_ct64(tmp_path_factory)[1]
 
 
 def _segment_voxels(path: Path) -> dict[int, int]:

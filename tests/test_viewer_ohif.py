@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -31,7 +30,8 @@ import pydicom
 import pytest
 
 from dicom_validation import dciodvfy_errors
-from peers import REPO_ROOT, OrthancServer, shared_data_dir
+from analysed_ct import analyse_cip_ct64
+from peers import REPO_ROOT, OrthancServer
 from viewer_server import ViewerServer
 
 pytestmark = pytest.mark.slow
@@ -118,15 +118,7 @@ def _lookup(document: dict, keys: tuple[str, ...]) -> float:
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory) -> tuple[Path, Path]:
     """(CT folder, output folder) of `lungnode analyze` on a real 79-slice chest CT."""
-    ct = shared_data_dir() / "chest_imaging_platform_ct64" / "ct-64Dicom"
-    if not ct.is_dir():
-        pytest.skip("shared/data is not mounted")
-    out = tmp_path_factory.mktemp("analysed")
-    proc = subprocess.run([sys.executable, "-m", "node.cli", "analyze", "--engine", "threshold",
-                           "--out", str(out), str(ct)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return ct, out
+    return analyse_cip_ct64(tmp_path_factory)
 
 
 @pytest.mark.timeout(900)
