@@ -133,10 +133,22 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
     compact[0] = False
     small = (kind == "pneumonia") & (diameter < SMALL_FOCUS_DIAMETER_MM)
     small[0] = False
+    # clusters: components within ISOLATION_MM of each other (each grown by half of it)
+    near = _within(lesion, spacing, ISOLATION_MM / 2.0)
+    clusters, _ = ndi.label(near, structure=np.ones((3, 3, 3), bool))
+    cluster_of = np.zeros(n + 1, np.int64)
+    cluster_of[lab] = clusters[idx]
+    cluster_ml = np.bincount(cluster_of[1:], weights=volume_ml[1:], minlength=int(cluster_of.max()) + 1)
+    members = np.bincount(cluster_of[1:], minlength=int(cluster_of.max()) + 1)
+    small_cluster = np.zeros(n + 1, bool)
+    small_cluster[1:] = (6.0 * cluster_ml[cluster_of[1:]] * 1000.0 / np.pi) ** (1.0 / 3.0) < SMALL_FOCUS_DIAMETER_MM
+    # a small component is isolated when its cluster is itself; a nodule candidate is
+    # checked exactly (distance to any other lesion voxel)
     isolated = np.zeros(n + 1, bool)
+    isolated[1:] = members[cluster_of[1:]] == 1
     objects = ndi.find_objects(labels)
     pad = np.ceil(ISOLATION_MM / spacing).astype(int)
-    for i in np.flatnonzero(compact | small):
+    for i in np.flatnonzero(compact & ~small):
         sl = objects[i - 1]
         box = tuple(slice(max(0, s.start - p), min(dim, s.stop + p))
                     for s, p, dim in zip(sl, pad, labels.shape))
@@ -147,14 +159,6 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
             continue
         dist = ndi.distance_transform_edt(sub != i, sampling=spacing)
         isolated[i] = not (others & (dist <= ISOLATION_MM)).any()
-    # clusters: components within ISOLATION_MM of each other (each grown by half of it)
-    near = _within(lesion, spacing, ISOLATION_MM / 2.0)
-    clusters, _ = ndi.label(near, structure=np.ones((3, 3, 3), bool))
-    cluster_of = np.zeros(n + 1, np.int64)
-    cluster_of[lab] = clusters[idx]
-    cluster_ml = np.bincount(cluster_of[1:], weights=volume_ml[1:], minlength=int(cluster_of.max()) + 1)
-    small_cluster = np.zeros(n + 1, bool)
-    small_cluster[1:] = (6.0 * cluster_ml[cluster_of[1:]] * 1000.0 / np.pi) ** (1.0 / 3.0) < SMALL_FOCUS_DIAMETER_MM
     nodules = np.flatnonzero(compact & isolated & ~small)
     notes = []
     if nodules.size > MAX_SOLITARY_NODULES:
@@ -162,7 +166,7 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
                      "read as multifocal opacities, all counted toward involvement")
     else:
         kind[nodules] = "nodule"
-    kind[np.flatnonzero(small & (isolated | small_cluster))] = "small_focus"
+    kind[np.flatnonzero(small & small_cluster)] = "small_focus"
 
     counted_ids = np.flatnonzero(kind == "pneumonia")
     keep = np.zeros(n + 1, bool)
