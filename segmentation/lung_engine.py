@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 from segmentation.lung_net import LEFT, MULTIPLE, RIGHT, LungNet, normalise_hu
 from segmentation.lungs import LungMasks, airway_mask, fill_holes_2d
 from segmentation.types import Volume
-from segmentation.unet_engine import WeightsChecksumError, pick_device, sha256_file
+from segmentation.net_weights import WeightsChecksumError, load_checked
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +67,12 @@ class LungNetEngine:
     def __init__(self, weights_path: str | Path | None = None, device: str = "auto",
                  expected_sha256: str | None = None) -> None:
         path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
-        if not path.exists():
-            raise FileNotFoundError(f"lung model weights not found: {path}")
-        if expected_sha256 is None:
-            side = path.with_name(path.name + ".sha256")
-            if not side.exists():
-                raise WeightsChecksumError(f"no checksum file {side} beside the weights")
-            expected_sha256 = side.read_text().split()[0]
-        digest = sha256_file(path)
-        if digest != expected_sha256.strip().lower():
-            raise WeightsChecksumError(
-                f"sha256 of {path} is {digest}, expected {expected_sha256}: refusing to load")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = ckpt["config"]
-        self.config = dict(cfg)
+        self.net, cfg, digest, self.device = load_checked(
+            path, expected_sha256, "lung model",
+            lambda c: LungNet(c["in_channels"], c["out_channels"], c["width"]), device)
+        self.config = cfg
         self.sha256 = digest
         self.pixel_mm = float(cfg["pixel_mm"])
-        self.device = pick_device(device)
-        net = LungNet(cfg["in_channels"], cfg["out_channels"], cfg["width"])
-        net.load_state_dict({k: (v.float() if v.is_floating_point() else v)
-                             for k, v in ckpt["state_dict"].items()})
-        self.net = net.to(self.device).eval()
         log.info("lung model %s loaded (sha256 %s…) on %s", path.name, digest[:12], self.device)
 
     # -- low level ---------------------------------------------------------------------

@@ -301,7 +301,7 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def save_weights(net: CovidLesionNet, out: Path, extra: dict) -> str:
-    from segmentation.unet_engine import sha256_file
+    from segmentation.net_weights import sha256_file
 
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(pattern_weights) != len(patterns) or min(pattern_weights) < 0 or sum(pattern_weights) <= 0:
             ap.error(f"--pattern-weights: need {len(patterns)} non-negative weights, one per pattern")
 
-    from segmentation.unet_engine import UNetLesionEngine, pick_device
+    from segmentation.net_weights import pick_device
+    from segmentation.unet_engine import UNetLesionEngine
 
     t0 = time.time()
     torch.set_num_threads(max(1, args.threads))

@@ -19,7 +19,6 @@ consolidation split stays the HU one (quant/), so ``predict`` returns the lesion
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -27,36 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segmentation.net_weights import WeightsChecksumError, load_checked, pick_device, sha256_file
 from segmentation.types import Volume
 from segmentation.unet import CovidLesionNet, normalise_hu
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_WEIGHTS", "UNetLesionEngine", "WeightsChecksumError", "get_engine", "pick_device",
+           "segment_lesions_unet", "sha256_file"]
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "covid_lesion_net.pt"
 CROP_MARGIN_MM = 10.0
 BATCH_SLICES = 16
-
-
-class WeightsChecksumError(RuntimeError):
-    """The weights file does not match its recorded sha256 (corrupt or swapped file)."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def pick_device(device: str) -> torch.device:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 def pad_to_multiple(x: torch.Tensor, m: int = 8, value: float = 0.0):
@@ -72,28 +53,13 @@ class UNetLesionEngine:
     def __init__(self, weights_path: str | Path | None = None, device: str = "auto",
                  expected_sha256: str | None = None) -> None:
         path = Path(weights_path) if weights_path is not None else DEFAULT_WEIGHTS
-        if not path.exists():
-            raise FileNotFoundError(f"lesion model weights not found: {path}")
-        if expected_sha256 is None:
-            side = path.with_name(path.name + ".sha256")
-            if not side.exists():
-                raise WeightsChecksumError(f"no checksum file {side} beside the weights")
-            expected_sha256 = side.read_text().split()[0]
-        digest = sha256_file(path)
-        if digest != expected_sha256.strip().lower():
-            raise WeightsChecksumError(
-                f"sha256 of {path} is {digest}, expected {expected_sha256}: refusing to load")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = ckpt["config"]
-        self.config = dict(cfg)
+        self.net, cfg, digest, self.device = load_checked(
+            path, expected_sha256, "lesion model",
+            lambda c: CovidLesionNet(c["in_channels"], c["out_channels"], c["width"]), device)
+        self.config = cfg
         self.sha256 = digest
         self.pixel_mm = float(cfg["pixel_mm"])
         self.neighbour_mm = float(cfg["neighbour_mm"])
-        self.device = pick_device(device)
-        net = CovidLesionNet(cfg["in_channels"], cfg["out_channels"], cfg["width"])
-        net.load_state_dict({k: (v.float() if v.is_floating_point() else v)
-                             for k, v in ckpt["state_dict"].items()})
-        self.net = net.to(self.device).eval()
         log.info("lesion model %s loaded (sha256 %s…) on %s", path.name, digest[:12], self.device)
 
     # -- low level ---------------------------------------------------------------------
