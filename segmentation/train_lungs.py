@@ -1,6 +1,6 @@
 """Train LungNet (left/right lungs): ``python -m segmentation.train_lungs [--steps N] [--out DIR]
 [--seed S] [--device auto|cpu|cuda] [--data-root DIR] [--max-minutes M] [--lr LR]
-[--init WEIGHTS]``.
+[--init WEIGHTS] [--full-res-bank K] [--bank-weight W] [--val-cases]``.
 
 Data (see MODEL_CARD.md, "Lung network"): real chest CT read with SimpleITK in LPS
 (canonical orientation), resampled in-plane to ``PIXEL_MM`` with the engine's own
@@ -31,6 +31,15 @@ Adam lr 2e-3, cosine to 2e-5 over the planned steps or the wall-time budget
 (``--max-minutes``), whichever ends first. Every ``--val-every`` steps the model is scored on the
 held-out painted validation set (LIDC-IDRI-0001 slices, fixed seed) and the best
 checkpoint (mean Dice of the two lungs) is kept.
+
+``--full-res-bank K`` (the shipped weights of 2026-12-02 use 16): K slabs of 48 slices of
+normal002 get disease painted at **full resolution** (``paint_full_res``: the BANK_PATTERNS
+in turn, including a homogeneous dependent "layer", which is lung) and are then resampled to
+the net grid, as the node sees disease; they are sampled as hosts of their own (weight
+``--bank-weight`` in all), never repainted. ``--val-cases``: the checkpoint is chosen on 16
+whole-volume cases painted at full resolution into the LIDC-IDRI-0002/0003 subsets (taken out
+of training), scored by the mean of per-case Dice, so that one lost white lung is not
+hidden by many healthy slices; LIDC-IDRI-0001 then stays an untouched test series.
 Outputs in --out: lung_net.pt (float16 state dict + config), lung_net.pt.sha256,
 lung_net.metrics.json.
 """
@@ -49,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from segmentation.lung_net import LEFT, RIGHT, LungNet, normalise_hu
-from segmentation.lung_synth import paint_disease
+from segmentation.lung_synth import paint_dependent_consolidation, paint_disease
 from segmentation.train import read_image
 
 PIXEL_MM = 2.5
@@ -175,6 +184,60 @@ def load_hosts(root: Path, which: str = "train") -> list[Host]:
 
 
 # ---------------------------------------------------------------------------------------
+# disease painted at full resolution (the node sees disease at the scanner's resolution;
+# painting on the 2.5 mm grid gives a texture the node never sees)
+
+BANK_PATTERNS = (("dependent_consolidation",), ("lobar_consolidation",), ("white_lung",),
+                 ("effusion",), ("effusion", "atelectasis"), ("dependent_consolidation", "diffuse_ggo"),
+                 ("effusion", "dependent_consolidation"), ("diffuse_ggo",), ("crazy_paving",),
+                 ("emphysema",), "layer")
+
+
+def paint_full_res(name: str, hu: np.ndarray, spacing, label: np.ndarray, rng: np.random.Generator,
+                   choice) -> Host:
+    """Paint ``choice`` (a BANK_PATTERNS entry) into a full-resolution host, then resample to
+    the net grid. ``"layer"``: a homogeneous dependent layer (posterior 20-60% of both lungs at
+    -40..+60 HU, ``paint_dependent_consolidation``), which is lung."""
+    right, left = label == RIGHT, label == LEFT
+    if choice == "layer":
+        out = paint_dependent_consolidation(hu, right, left, fraction=float(rng.uniform(0.2, 0.6)),
+                                            level_hu=float(rng.uniform(-40, 60)), rng=rng)
+        r, lf = right, left
+    else:
+        sides = "both" if rng.random() < 0.6 else ("right" if rng.random() < 0.5 else "left")
+        out, r, lf, _eff = paint_disease(hu, right, left, spacing, rng, patterns=choice, sides=sides)
+    lab = np.zeros(hu.shape, np.uint8)
+    lab[r] = RIGHT
+    lab[lf] = LEFT
+    tag = choice if isinstance(choice, str) else "+".join(choice)
+    return make_host(f"{name}:{tag}", out, spacing, lab, "painted at full resolution")
+
+
+BANK_SLAB = 48
+
+
+def full_res_bank(root: Path, k: int, seed: int) -> list[Host]:
+    """``k`` variants of normal002 painted at full resolution, each a random slab of
+    ``BANK_SLAB`` slices with lung (patterns cycle through BANK_PATTERNS)."""
+    path = root / "covid_ct_md_samples/normal002"
+    if k <= 0 or not path.exists():
+        return []
+    a, sp = array_spacing(read_image(path))
+    a = np.maximum(a.astype(np.float32), -1024.0)
+    lab = teacher_label(a, sp)
+    rng = np.random.default_rng(seed)
+    bank = []
+    zl = np.nonzero((lab > 0).any((1, 2)))[0]
+    for i in range(k):
+        t = time.time()
+        z0 = int(rng.integers(zl.min(), max(zl.min() + 1, zl.max() - BANK_SLAB + 2)))
+        zs = slice(z0, z0 + BANK_SLAB)
+        bank.append(paint_full_res("normal002", a[zs], sp, lab[zs], rng, BANK_PATTERNS[i % len(BANK_PATTERNS)]))
+        print(f"  bank {bank[-1].name}: {time.time() - t:.0f}s", flush=True)
+    return bank
+
+
+# ---------------------------------------------------------------------------------------
 # samples
 
 
@@ -272,10 +335,48 @@ def build_val(hosts: list[Host], n: int, seed: int):
     return np.stack(X), np.stack(Y)
 
 
+VAL_CASES = (None, "layer", ("dependent_consolidation",), ("lobar_consolidation",), ("white_lung",),
+             ("effusion",), ("effusion", "atelectasis"), ("diffuse_ggo",))
+
+
+def build_val_cases(root: Path, seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Whole-volume cases painted at full resolution into the LIDC-IDRI-0002/0003 subsets
+    (held out of training with ``--val-cases``): (name, HU, label) on the net grid."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for host in ("LIDC-IDRI-0002_subset", "LIDC-IDRI-0003_subset"):
+        a, sp = array_spacing(read_image(root / "lidc_idri_chest_ct_dicom" / host))
+        a = np.maximum(a.astype(np.float32), -1024.0)
+        lab = teacher_label(a, sp)
+        for choice in VAL_CASES:
+            h = (make_host(f"{host}:healthy", a, sp, lab, "classical teacher") if choice is None
+                 else paint_full_res(host, a, sp, lab, rng, choice))
+            size = h.hu.shape[1] + 32 - (h.hu.shape[1] % 16)
+            hu = np.stack([_crop_at(h.hu[z], h.hu.shape[1] // 2, h.hu.shape[2] // 2, size, np.float32(-1024.0))
+                           for z in range(h.hu.shape[0])])
+            lb = np.stack([_crop_at(h.label[z], h.hu.shape[1] // 2, h.hu.shape[2] // 2, size, np.uint8(0))
+                           for z in range(h.hu.shape[0])])
+            cases.append((h.name, hu, lb))
+    return cases
+
+
+def val_cases_score(net, cases, device) -> dict:
+    """Mean over the cases of each case's mean right/left Dice (every case counts the same, so
+    a lost white lung is not hidden by many healthy slices) and of the lung volume error."""
+    dices, errors = [], []
+    for _name, X, Y in cases:
+        d = val_dice(net, X, Y, device)
+        dices.append(d["mean"])
+        errors.append(abs(d["volume_error"]))
+    return {"mean": float(np.mean(dices)), "worst": float(np.min(dices)),
+            "mean_abs_volume_error": float(np.mean(errors))}
+
+
 def val_dice(net, X, Y, device) -> dict:
     net.eval()
     inter = {RIGHT: 0.0, LEFT: 0.0}
     tot = {RIGHT: 0.0, LEFT: 0.0}
+    found = truth = 0.0
     with torch.inference_mode():
         for i in range(0, len(X), 16):
             x = normalise_hu(torch.from_numpy(X[i:i + 16])).to(device)[:, None]
@@ -285,14 +386,21 @@ def val_dice(net, X, Y, device) -> dict:
                 q = pred == c
                 inter[c] += float((t & q).sum())
                 tot[c] += float(t.sum() + q.sum())
+            found += float((pred > 0).sum())
+            truth += float((Y[i:i + 16] > 0).sum())
     net.train()
     d = {name: 2 * inter[c] / max(tot[c], 1.0) for name, c in (("right", RIGHT), ("left", LEFT))}
     d["mean"] = (d["right"] + d["left"]) / 2
+    d["volume_error"] = 100.0 * (found - truth) / max(truth, 1.0)
     return d
 
 
+def _fmt(d: dict) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in d.items())
+
+
 def save_weights(net: LungNet, out: Path, extra: dict) -> str:
-    from segmentation.unet_engine import sha256_file
+    from segmentation.net_weights import sha256_file
 
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
@@ -320,9 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--init", default=None, help="start from these weights (a continuation run)")
+    ap.add_argument("--full-res-bank", type=int, default=0, metavar="K",
+                    help="add K whole-volume variants of normal002 painted at full resolution")
+    ap.add_argument("--bank-weight", type=float, default=0.4, help="sampling weight of the bank, in all")
+    ap.add_argument("--val-cases", action="store_true",
+                    help="choose the checkpoint on whole-volume painted cases of the LIDC-IDRI-0002/0003 "
+                         "subsets (then held out of training) instead of LIDC-IDRI-0001 slices")
     args = ap.parse_args(argv)
 
-    from segmentation.unet_engine import pick_device
+    from segmentation.net_weights import pick_device
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -333,11 +447,22 @@ def main(argv: list[str] | None = None) -> int:
     tg = torch.Generator().manual_seed(args.seed)
     print(f"[train_lungs] device {device}, seed {args.seed}, data {root}", flush=True)
     hosts = load_hosts(root, "train")
-    val_hosts = load_hosts(root, "val")
-    VX, VY = build_val(val_hosts, 96, seed=1234)
-    print(f"[train_lungs] validation: {len(VX)} LIDC-IDRI-0001 slices (3/4 painted), "
-          f"loaded in {time.time() - t0:.0f}s", flush=True)
-    weights = np.array([HOST_WEIGHTS.get(h.name, 0.02) for h in hosts], float)
+    if args.val_cases:
+        hosts = [h for h in hosts if h.name not in ("lidc0002", "lidc0003")]
+        cases = build_val_cases(root, seed=1234)
+        validation = (f"{len(cases)} whole-volume cases painted at full resolution into LIDC-IDRI-0002/0003 "
+                      "(held out of training); score: mean of per-case Dice")
+        evaluate = lambda: val_cases_score(net, cases, device)  # noqa: E731
+    else:
+        val_hosts = load_hosts(root, "val")
+        VX, VY = build_val(val_hosts, 96, seed=1234)
+        validation = "LIDC-IDRI-0001 (whole series held out), 96 slices, 3/4 painted, seed 1234"
+        evaluate = lambda: val_dice(net, VX, VY, device)  # noqa: E731
+    print(f"[train_lungs] validation: {validation}; loaded in {time.time() - t0:.0f}s", flush=True)
+    bank = full_res_bank(root, args.full_res_bank, args.seed + 1)
+    weights = np.array([HOST_WEIGHTS.get(h.name, 0.02) for h in hosts]
+                       + [args.bank_weight / max(1, len(bank))] * len(bank), float)
+    hosts = hosts + bank
     weights /= weights.sum()
 
     net = LungNet(1, 3, WIDTH)
@@ -371,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         xs, ys = [], []
         for _ in range(BATCH):
             h, z = pick_slice(hosts, weights, rng)
-            x, y = draw_sample(h, z, rng, paint=rng.random() < 0.75)
+            x, y = draw_sample(h, z, rng, paint=":" not in h.name and rng.random() < 0.75)
             xs.append(x)
             ys.append(y)
         x, y = augment(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64)), tg)
@@ -385,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         el = time.time() - t_train
         last = step + 1 == total or el > budget_s
         if (step + 1) % args.val_every == 0 or last:
-            d = val_dice(net, VX, VY, device)
+            d = evaluate()
             history.append({"step": step + 1, "loss": run, **d, "seconds": el})
             mark = ""
             if d["mean"] > best["mean"]:
@@ -393,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                 best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                 mark = " *"
             print(f"[train_lungs] step {step + 1}/{total} loss {run:.4f} lr {lr:.2e} "
-                  f"val dice R {d['right']:.4f} L {d['left']:.4f}{mark} {el:.0f}s "
+                  f"val {_fmt(d)}{mark} {el:.0f}s "
                   f"({el / (step + 1):.2f} s/step)", flush=True)
         if last:
             break
@@ -401,15 +526,15 @@ def main(argv: list[str] | None = None) -> int:
     net.load_state_dict(best_state)
     net.eval()
     extra = {"seed": args.seed, "init": Path(args.init).name if args.init else None, "steps_run": step + 1, "steps_planned": total, "best_step": best_step,
-             "batch": BATCH, "crop": CROP}
+             "batch": BATCH, "crop": CROP, "full_res_bank": args.full_res_bank, "val_cases": args.val_cases}
     out = Path(args.out)
     digest = save_weights(net, out, extra)
     metrics = {"weights_sha256": digest, "train_seconds": train_s, "device": str(device),
                "torch": torch.__version__, "config": extra, "best_val": best, "history": history,
                "hosts": [{"name": h.name, "slices": int(h.hu.shape[0]), "truth": h.truth} for h in hosts],
-               "validation": "LIDC-IDRI-0001 (whole series held out), 96 slices, 3/4 painted, seed 1234"}
+               "validation": validation}
     (out / "lung_net.metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(f"[train_lungs] best step {best_step} val dice R {best['right']:.4f} L {best['left']:.4f}; "
+    print(f"[train_lungs] best step {best_step} val {_fmt(best)}; "
           f"weights {out / 'lung_net.pt'} sha256 {digest}; total {time.time() - t0:.0f}s", flush=True)
     return 0
 

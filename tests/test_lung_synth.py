@@ -95,3 +95,27 @@ def test_measurement_case_fills_the_posterior_fraction():
     frac = dense.sum() / lung.sum()
     assert 0.25 < frac < 0.45                      # 40% of the rows is ~34% of an ellipse
     assert np.nonzero(dense)[1].min() > 60         # all of it behind the lungs' middle row
+
+
+def test_full_resolution_painting_resamples_disease_and_labels_to_the_net_grid():
+    """Training paints at the scanner's resolution, then resamples (the node never sees disease
+    drawn on the 2.5 mm grid): the label follows the painted lung, effusion leaves it."""
+    from segmentation.lung_net import LEFT, RIGHT
+    from segmentation.train_lungs import PIXEL_MM, paint_full_res
+
+    hu, right, left = _host(nz=4)
+    label = np.zeros(hu.shape, np.uint8)
+    label[right] = RIGHT
+    label[left] = LEFT
+    rng = np.random.default_rng(3)
+    layer = paint_full_res("toy", hu, SP, label, rng, "layer")
+    assert layer.hu.shape == (4, round(120 * SP[1] / PIXEL_MM), round(160 * SP[2] / PIXEL_MM))
+    assert layer.label.shape == layer.hu.shape
+    lung = layer.label > 0
+    # the homogeneous dependent layer is dense and stays lung
+    assert (layer.hu[lung] > -350).mean() > 0.15
+    assert abs(int(lung.sum()) - int((paint_full_res("toy", hu, SP, label, rng, ("emphysema",)).label > 0).sum())) \
+        <= 0.02 * lung.sum()
+    wet = paint_full_res("toy", hu, SP, label, np.random.default_rng(4), ("effusion",))
+    assert (wet.label > 0).sum() < lung.sum()
+    assert wet.name == "toy:effusion" and layer.name == "toy:layer"
