@@ -167,10 +167,31 @@ def test_clean_chest_has_no_quality_findings() -> None:
 
 def test_dense_lung_is_flagged() -> None:
     hu, left, right, _ = _chest()
-    hu[right & (np.arange(SHAPE[1])[None, :, None] >= 60)] = 20   # 70% of the right lung dense
+    # 70% of the right lung dense, at consolidation density below fluid (-100 HU)
+    hu[right & (np.arange(SHAPE[1])[None, :, None] >= 60)] = -100
     findings = assess(hu, left, right, np.zeros(SHAPE, bool), SPACING)
     assert _codes(findings) == {(QualityCode.DENSE_LUNG, "right_lung")}
     assert findings[0].value == pytest.approx(70.0, abs=1.0)
+
+
+def test_fluid_density_inside_the_lung_mask_is_flagged() -> None:
+    """A homogeneous posterior layer at +15 HU (noise 10 HU) inside the right lung mask: effusion
+    taken as lung or airless consolidation, flagged with its volume; the same layer at -150 HU
+    (dense lung, not fluid) is not."""
+    rng = np.random.default_rng(0)
+    hu, left, right, _ = _chest()
+    layer = right & (np.arange(SHAPE[1])[None, :, None] >= 110)
+    wet = hu.copy()
+    wet[layer] = 15.0 + rng.normal(0, 10, int(layer.sum()))
+    findings = assess(wet, left, right, np.zeros(SHAPE, bool), SPACING)
+    fluid = [f for f in findings if f.code is QualityCode.FLUID_IN_LUNG]
+    assert [f.region for f in fluid] == ["right_lung"]
+    layer_ml = layer.sum() * np.prod(SPACING) / 1000.0
+    # the smoothing loses the layer's edge against aerated lung: at least three quarters is found
+    assert layer_ml >= 50 and 0.75 * layer_ml <= fluid[0].value <= layer_ml
+    dense = hu.copy()
+    dense[layer] = -150.0 + rng.normal(0, 10, int(layer.sum()))
+    assert QualityCode.FLUID_IN_LUNG not in {f.code for f in assess(dense, left, right, np.zeros(SHAPE, bool), SPACING)}
 
 
 def test_lung_boundary_through_lesion_is_flagged() -> None:
