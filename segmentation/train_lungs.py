@@ -47,6 +47,7 @@ lung_net.metrics.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -78,6 +79,7 @@ class Host:
     label: np.ndarray   # uint8 0 bg / 1 right / 2 left
     dz: float
     truth: str          # where the label comes from
+    painted: bool = False  # disease already painted (full resolution): never repainted
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,9 +123,20 @@ def teacher_label(hu: np.ndarray, spacing) -> np.ndarray:
     return lab
 
 
-def make_host(name, hu, spacing, label, truth) -> Host:
+def make_host(name, hu, spacing, label, truth, painted: bool = False) -> Host:
     hu = np.maximum(hu.astype(np.float32), -1024.0)
-    return Host(name, to_grid(hu, spacing), to_grid(label, spacing, order=0), float(spacing[0]), truth)
+    return Host(name, to_grid(hu, spacing), to_grid(label, spacing, order=0), float(spacing[0]), truth,
+                painted)
+
+
+@functools.lru_cache(maxsize=None)
+def taught_full_res(path: Path):
+    """(HU float32 clipped at -1024, spacing, classical-teacher label) of a series at full
+    resolution; read and taught once per process (the hosts, the full-resolution bank and the
+    validation cases share them)."""
+    a, sp = array_spacing(read_image(path))
+    a = np.maximum(a.astype(np.float32), -1024.0)
+    return a, sp, teacher_label(a, sp)
 
 
 def load_hosts(root: Path, which: str = "train") -> list[Host]:
@@ -133,10 +146,13 @@ def load_hosts(root: Path, which: str = "train") -> list[Host]:
         if files is None and not path.exists():
             print(f"  host {name}: missing ({path}), skipped", flush=True)
             return
-        img = read_files(files) if files is not None else read_image(path)
-        a, sp = array_spacing(img)
-        a = np.maximum(a.astype(np.float32), -1024.0)
-        hosts.append(make_host(name, a, sp, teacher_label(a, sp), "classical teacher"))
+        if files is None:
+            a, sp, lab = taught_full_res(path)
+        else:
+            a, sp = array_spacing(read_files(files))
+            a = np.maximum(a.astype(np.float32), -1024.0)
+            lab = teacher_label(a, sp)
+        hosts.append(make_host(name, a, sp, lab, "classical teacher"))
 
     if which == "val":
         teach("lidc0001", root / "lidc_idri_chest_ct_dicom/LIDC-IDRI-0001_full_series")
@@ -210,7 +226,7 @@ def paint_full_res(name: str, hu: np.ndarray, spacing, label: np.ndarray, rng: n
     lab[r] = RIGHT
     lab[lf] = LEFT
     tag = choice if isinstance(choice, str) else "+".join(choice)
-    return make_host(f"{name}:{tag}", out, spacing, lab, "painted at full resolution")
+    return make_host(f"{name}:{tag}", out, spacing, lab, "painted at full resolution", painted=True)
 
 
 BANK_SLAB = 48
@@ -222,9 +238,7 @@ def full_res_bank(root: Path, k: int, seed: int) -> list[Host]:
     path = root / "covid_ct_md_samples/normal002"
     if k <= 0 or not path.exists():
         return []
-    a, sp = array_spacing(read_image(path))
-    a = np.maximum(a.astype(np.float32), -1024.0)
-    lab = teacher_label(a, sp)
+    a, sp, lab = taught_full_res(path)
     rng = np.random.default_rng(seed)
     bank = []
     zl = np.nonzero((lab > 0).any((1, 2)))[0]
@@ -345,9 +359,7 @@ def build_val_cases(root: Path, seed: int) -> list[tuple[str, np.ndarray, np.nda
     rng = np.random.default_rng(seed)
     cases = []
     for host in ("LIDC-IDRI-0002_subset", "LIDC-IDRI-0003_subset"):
-        a, sp = array_spacing(read_image(root / "lidc_idri_chest_ct_dicom" / host))
-        a = np.maximum(a.astype(np.float32), -1024.0)
-        lab = teacher_label(a, sp)
+        a, sp, lab = taught_full_res(root / "lidc_idri_chest_ct_dicom" / host)
         for choice in VAL_CASES:
             h = (make_host(f"{host}:healthy", a, sp, lab, "classical teacher") if choice is None
                  else paint_full_res(host, a, sp, lab, rng, choice))
@@ -496,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         xs, ys = [], []
         for _ in range(BATCH):
             h, z = pick_slice(hosts, weights, rng)
-            x, y = draw_sample(h, z, rng, paint=":" not in h.name and rng.random() < 0.75)
+            x, y = draw_sample(h, z, rng, paint=not h.painted and rng.random() < 0.75)
             xs.append(x)
             ys.append(y)
         x, y = augment(torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64)), tg)
