@@ -34,8 +34,10 @@ Codes and rules (per lung; thresholds are module constants):
   either pleural effusion taken as lung (the learned lungs of 2026-12-02 take part of a
   layering effusion: +13 % on the painted test case) or airless consolidation; on non-contrast
   CT the two have the same density, so the flag says both, and the value is how much the
-  lung volume is over if it is fluid. Healthy lungs hold 0-1 ml of it (LIDC-IDRI-0001); the
-  painted effusion case 243 ml, a painted white right lung 134 ml.
+  lung volume is over if it is fluid. Healthy lungs hold 0-3 ml of it (LIDC-IDRI-0001,
+  normal002, P002, cap002, CIP ct-64); with the shipped lungs on LIDC-IDRI-0001 painted: the
+  effusion case 246 ml (331 ml of fluid in the mask), the issue's layer 235 ml, a white right
+  lung 143 ml.
 """
 
 from __future__ import annotations
