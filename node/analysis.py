@@ -104,7 +104,8 @@ def analyze_series(
 
     analysis = settings.analysis
     masks = segment(series.volume, engine=analysis.engine, device=analysis.device,
-                    lung_engine=analysis.lung_engine, lesion_margin=analysis.lesion_margin)
+                    lung_engine=analysis.lung_engine, lesion_margin=analysis.lesion_margin,
+                    hilar_filter=analysis.hilar_filter)
     lap("segment_s")
     ggo, consolidation = split_lesion(
         series.volume.hu, masks.lesion, analysis.ggo_min_hu, analysis.consolidation_min_hu

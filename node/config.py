@@ -114,6 +114,7 @@ class AnalysisSettings(_Strict):
     engine: Literal["threshold", "unet"] = "unet"
     lung_engine: Literal["net", "classical"] = "net"
     lesion_margin: bool = False
+    hilar_filter: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ggo_min_hu: float = -750.0
     consolidation_min_hu: float = -350.0

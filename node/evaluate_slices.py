@@ -108,7 +108,8 @@ def run(series_dir: Path, labels_csv: Path, subject: str, settings) -> dict:
     labels = slice_labels(series, rows, labels_csv)
     masks = segment(series.volume, engine=settings.analysis.engine, device=settings.analysis.device,
                     lung_engine=settings.analysis.lung_engine,
-                    lesion_margin=settings.analysis.lesion_margin)
+                    lesion_margin=settings.analysis.lesion_margin,
+                    hilar_filter=settings.analysis.hilar_filter)
     areas = lesion_areas(masks.lesion, masks.lobes, series.volume.spacing_mm, labels)
     results = evaluate(areas, FLOORS_MM2)
     counted = classify_lesions(series.volume.hu, masks.lesion, series.volume.spacing_mm).counted

@@ -82,6 +82,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from segmentation.airways import trace_airways
+from segmentation.hilum import hilar_zone
 from segmentation.types import LOBE_KEYS, Lobe, Volume
 
 WORK_SPACING_MM = 1.5
@@ -126,6 +127,8 @@ class LobeResult:
     fissure_support: per fissure ("left_major", "right_major", "right_horizontal") the
         fraction of its boundary on a visible fissure; None when fissures were not searched.
     cranial_end: "low" | "high": which end of z is towards the head (as used).
+    hilum: bool (z, y, x), the hilar zone of segmentation.hilum (lung within 15 mm of the
+        central bronchi of the traced airway tree), or None when no airway tree was traced.
     """
 
     labels: np.ndarray
@@ -135,6 +138,7 @@ class LobeResult:
     fissure_support: dict[str, float | None] = field(default_factory=dict)
     cranial_end: str = "high"
     airway_lobes: list[str] = field(default_factory=list)
+    hilum: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -613,7 +617,7 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
 
     if use_airways is None:
         use_airways = use_fissures
-    tree, g_all = None, None
+    tree, g_all, hilum = None, None, None
     if use_airways and volume.spacing_mm[0] > MAX_AIRWAY_SLICE_MM:
         notes.append(f"slices {volume.spacing_mm[0]:.2f} mm apart (> {MAX_AIRWAY_SLICE_MM} mm): "
                      "airway tree not traced, geometric lobe model used")
@@ -629,6 +633,11 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
             tree.lobar = tree.lobar[flip]
             hu_all, lw_all, rw_all = hu_all[flip], lw_all[flip], rw_all[flip]
             notes.extend(tree.notes)
+            if tree.mask.any():
+                zone_w = hilar_zone(tree.mask[flip], g_all.spacing)
+                whole = tuple(slice(0, n) for n in hu.shape)
+                hilum = _expand_box(zone_w.astype(np.uint8), g_all, whole).astype(bool)
+                hilum &= lung_left | lung_right
 
     labels = np.zeros(hu.shape, np.uint8)
     method: dict[str, str] = {}
@@ -702,7 +711,8 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
         support = {k: None for k in ("left_major", "right_major", "right_horizontal")}
     return LobeResult(labels=labels, confidence=confidence, method=method, notes=notes,
                       fissure_support=support, cranial_end=cranial_end,
-                      airway_lobes=sorted(LOBE_KEYS[lb] for lb in tree.identified) if tree is not None else [])
+                      airway_lobes=sorted(LOBE_KEYS[lb] for lb in tree.identified) if tree is not None else [],
+                      hilum=hilum)
 
 
 def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice]:
