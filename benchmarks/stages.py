@@ -5,11 +5,15 @@ a copy resampled along z to N slices is written as DICOM first (not timed), so "
 N real files. Each stage calls the node's own functions in the order the analysis does:
 
 - load: node.volume.load_series (decode, geometry checks, canonical LPS reorientation);
-- lungs: segmentation.lungs.segment_lungs; lobes: segmentation.lobes.segment_lobes;
+- lungs: the default learned lungs (segmentation.lung_engine, weights loaded before) and the
+  classical fallback (segmentation.lungs.segment_lungs) for comparison;
+- lobes: segmentation.lobes.segment_lobes on the learned lungs;
 - lesions: the engine's lesion step (unet: UNetLesionEngine.predict, weights loaded before);
-- segment(): segmentation.engine.segment end to end (what the node runs; includes the above);
+- hilar filter: segmentation.hilum.drop_hilar_components on the lobes' hilar zone;
+- segment(): segmentation.engine.segment end to end (what the node runs; includes the above),
+  and once more with ``hilar_filter=False`` in the same run, so the filter's cost is a ratio;
 - quant: quant.hu_split.split_lesion + quant.measure.measure;
-- outputs: node.outputs build_seg + build_sr, encoded to bytes.
+- outputs: node.outputs build_segs (lesions, lungs, lobes) + build_sr, encoded to bytes.
 
 On CPU always; on CUDA too when torch sees a GPU (else it says so).
 
@@ -70,7 +74,7 @@ def run(files: list[Path], engine: str, device: str) -> dict[str, float]:
     import torch
 
     from node import __version__
-    from node.outputs.seg import build_seg
+    from node.outputs.seg import build_segs
     from node.outputs.sr import build_sr
     from node.volume import load_series
     from quant.hu_split import split_lesion
@@ -89,12 +93,21 @@ def run(files: list[Path], engine: str, device: str) -> dict[str, float]:
     series = load_series(files)
     vol = series.volume
     times["load"] = time.perf_counter() - t
+    from segmentation.hilum import drop_hilar_components
+    from segmentation.lung_engine import get_lung_engine
+
+    lung_net = get_lung_engine(None, device)
+    sync()
     t = time.perf_counter()
-    lungs = segment_lungs(vol)
+    lungs = lung_net.predict(vol)
+    sync()
     lung = lungs.left | lungs.right
-    times["lungs"] = time.perf_counter() - t
+    times["lungs (net)"] = time.perf_counter() - t
     t = time.perf_counter()
-    segment_lobes(vol, lungs.left, lungs.right)
+    segment_lungs(vol)
+    times["lungs (classical)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lobes = segment_lobes(vol, lungs.left, lungs.right)
     times["lobes"] = time.perf_counter() - t
     if engine == "unet":
         from segmentation.unet_engine import get_engine
@@ -102,12 +115,20 @@ def run(files: list[Path], engine: str, device: str) -> dict[str, float]:
         eng = get_engine(None, device)
         sync()
         t = time.perf_counter()
-        eng.predict(vol, lung)
+        lesion = eng.predict(vol, lung)
         sync()
     else:
         t = time.perf_counter()
-        segment_lesions_threshold(vol.hu, lung, vol.spacing_mm)
+        lesion = segment_lesions_threshold(vol.hu, lung, vol.spacing_mm)
     times["lesions"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if lobes.hilum is not None:
+        drop_hilar_components(vol.hu, lesion & lung, lobes.hilum, vol.spacing_mm)
+    times["hilar filter"] = time.perf_counter() - t
+    t = time.perf_counter()
+    segment(vol, engine=engine, device=device, hilar_filter=False)
+    sync()
+    times["segment() no hilar"] = time.perf_counter() - t
     t = time.perf_counter()
     masks = segment(vol, engine=engine, device=device)
     sync()
@@ -117,10 +138,11 @@ def run(files: list[Path], engine: str, device: str) -> dict[str, float]:
     m = measure(vol, masks, split=(ggo, cons))
     times["quant"] = time.perf_counter() - t
     t = time.perf_counter()
-    seg = build_seg(series, masks, ggo, cons, series_number=901, revision=1,
-                    software_version=__version__)
-    sr = build_sr(series, seg, m, series_number=902, revision=1, software_version=__version__)
-    for ds in (seg, sr):
+    segs = build_segs(series, masks, ggo, cons,
+                      series_numbers={"lesions": 901, "lungs": 903, "lobes": 904}, revision=1,
+                      software_version=__version__)
+    sr = build_sr(series, segs, m, series_number=902, revision=1, software_version=__version__)
+    for ds in (*segs.values(), sr):
         ds.save_as(io.BytesIO(), enforce_file_format=True)
     times["outputs"] = time.perf_counter() - t
     return times
@@ -148,6 +170,8 @@ def main(argv=None) -> int:
                 print(f"  {stage:22s} {seconds:7.2f} s")
             whole = times["load"] + times["segment() end to end"] + times["quant"] + times["outputs"]
             print(f"  {'whole analysis':22s} {whole:7.2f} s  (load + segment() + quant + outputs)")
+            ratio = times["segment() end to end"] / times["segment() no hilar"]
+            print(f"  {'segment() ratio':22s} {ratio:7.2f}    (default / without the hilar filter, same run)")
     return 0
 
 

@@ -78,14 +78,26 @@ def drop_hilar_components(hu: np.ndarray, lesion: np.ndarray, zone: np.ndarray,
     lesion = np.asarray(lesion, bool)
     if not lesion.any() or not zone.any():
         return HilarResult(lesion.copy(), 0, 0.0)
-    labels, n = ndi.label(lesion, structure=np.ones((3, 3, 3), bool))
-    flat = labels.ravel()
-    size = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    in_zone = np.bincount(flat, weights=np.asarray(zone, bool).ravel(), minlength=n + 1)
-    hu_sum = np.bincount(flat, weights=hu.ravel().astype(np.float64), minlength=n + 1)
+    box = _bounding_box(lesion)
+    sub = lesion[box]
+    labels, n = ndi.label(sub, structure=np.ones((3, 3, 3), bool))
+    ids = labels[sub]  # only the lesion voxels: the sums below never touch the rest
+    size = np.bincount(ids, minlength=n + 1).astype(np.float64)
+    in_zone = np.bincount(ids, weights=np.asarray(zone, bool)[box][sub], minlength=n + 1)
+    hu_sum = np.bincount(ids, weights=np.asarray(hu)[box][sub].astype(np.float64), minlength=n + 1)
     safe = np.maximum(size, 1.0)
     hilar = (in_zone >= fraction * safe) & (hu_sum / safe >= solid_hu)
     hilar[0] = False
-    removed = hilar[labels]
+    out = lesion.copy()
+    out[box] &= ~hilar[labels]
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    return HilarResult(lesion & ~removed, int(hilar.sum()), float(removed.sum()) * voxel_ml)
+    return HilarResult(out, int(hilar.sum()), float(size[hilar].sum()) * voxel_ml)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box holding every True voxel of a non-empty mask."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)

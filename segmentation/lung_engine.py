@@ -105,7 +105,7 @@ class LungNetEngine:
                 small = to_net_grid(src, spacing_yx, self.pixel_mm)
                 p = self.predict_net_grid(small).to(self.device)
                 big = F.interpolate(p, size=(hh, ww), mode="bilinear", align_corners=False)
-                out[i:i + len(src)] = big.argmax(1).to(torch.uint8).cpu().numpy()
+                out[i:i + len(src)] = _argmax3(big).cpu().numpy()
         return out
 
     # -- volumes -----------------------------------------------------------------------------
@@ -126,11 +126,20 @@ class LungNetEngine:
         return LungMasks(left=left, right=right, airway=airway, notes=notes)
 
 
+def _argmax3(p: torch.Tensor) -> torch.Tensor:
+    """``p.argmax(1)`` as uint8 for three classes (N, 3, H, W), ties to the lower class as
+    argmax does; by plane comparisons, several times faster than argmax over the strided
+    class axis on the CPU."""
+    p0, p1, p2 = p[:, 0], p[:, 1], p[:, 2]
+    one = (p1 > p0).to(torch.uint8)
+    return torch.where(p2 > torch.maximum(p0, p1), torch.full_like(one, 2), one)
+
+
 def _clean_side(mask: np.ndarray) -> np.ndarray:
     labels, count = ndi.label(mask)
     if count == 0:
         return mask
-    sizes = np.bincount(labels.ravel())[1:]
+    sizes = np.bincount(labels[mask], minlength=count + 1)[1:]  # lung voxels only: same counts
     keep = np.zeros(count + 1, bool)
     keep[1:] = sizes >= MIN_PIECE_FRACTION * sizes.max()
     return fill_holes_2d(keep[labels])

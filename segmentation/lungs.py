@@ -90,12 +90,28 @@ def _upsample(mask: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
 
 
 def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
-    """Fill holes slice by slice (axial): background not connected to the slice border."""
-    background, _ = ndi.label(~mask, structure=_SLICE_ONLY)
-    border = np.unique(np.concatenate([background[:, 0, :].ravel(), background[:, -1, :].ravel(),
-                                       background[:, :, 0].ravel(), background[:, :, -1].ravel()]))
-    outside = np.isin(background, border[border > 0])
-    return ~outside
+    """Fill holes slice by slice (axial): background not connected to the slice border.
+
+    Worked in the mask's bounding box grown by one voxel in-plane: everything outside that box
+    is background joined to the slice border, so the holes inside are the same (and the
+    labelling touches a fraction of the volume)."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return mask.copy()
+    ys = np.nonzero(mask.any(axis=(0, 2)))[0]
+    xs = np.nonzero(mask.any(axis=(0, 1)))[0]
+    box = (slice(None), slice(max(0, int(ys[0]) - 1), int(ys[-1]) + 2),
+           slice(max(0, int(xs[0]) - 1), int(xs[-1]) + 2))
+    sub = mask[box]
+    background, n = ndi.label(~sub, structure=_SLICE_ONLY)
+    border = np.concatenate([background[:, 0, :].ravel(), background[:, -1, :].ravel(),
+                             background[:, :, 0].ravel(), background[:, :, -1].ravel()])
+    outside = np.zeros(n + 1, bool)
+    outside[border] = True
+    outside[0] = False
+    out = mask.copy()
+    out[box] = ~outside[background]
+    return out
 
 
 def _largest_components(mask: np.ndarray, n: int, structure=None) -> list[np.ndarray]:

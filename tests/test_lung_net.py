@@ -150,3 +150,20 @@ def test_dense_dependent_consolidation_stays_lung(lidc):
     found = float((net.left | net.right).sum())
     assert abs(found - truth) / truth < 0.03
     assert _dice(net.right, teacher.right) > 0.93 and _dice(net.left, teacher.left) > 0.93
+
+
+def test_argmax3_is_argmax_with_its_ties():
+    import torch
+
+    from segmentation.lung_engine import _argmax3
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(4, 3, 33, 47, generator=g), 1)
+    p[0, :, 0, 0] = torch.tensor([0.4, 0.4, 0.2])    # tie bg / right -> bg
+    p[0, :, 0, 1] = torch.tensor([0.2, 0.4, 0.4])    # tie right / left -> right
+    p[0, :, 0, 2] = torch.tensor([0.4, 0.2, 0.4])    # tie bg / left -> bg
+    p[0, :, 0, 3] = torch.tensor([1 / 3, 1 / 3, 1 / 3])
+    got = _argmax3(p)
+    assert got.dtype == torch.uint8
+    assert torch.equal(got, p.argmax(1).to(torch.uint8))
+    assert got[0, 0, :4].tolist() == [0, 1, 0, 0]

@@ -76,3 +76,23 @@ def test_real_lidc_two_plausible_lungs():
     assert 2500 < left_ml + right_ml < 8000
     assert 0.6 < left_ml / right_ml < 1.4
     assert np.nonzero(masks.left)[2].mean() > np.nonzero(masks.right)[2].mean()
+
+
+def test_fill_holes_2d_matches_slice_by_slice_scipy():
+    """fill_holes_2d works in the mask's bounding box; it must fill exactly what
+    scipy's binary_fill_holes fills on each axial slice, also where the mask touches the
+    image border or a slice is empty."""
+    from segmentation.lungs import fill_holes_2d
+
+    rng = np.random.default_rng(3)
+    mask = ndi.gaussian_filter(rng.random((6, 64, 80)), (0, 2, 2)) > 0.52
+    mask[1] = False                          # an empty slice
+    mask[2, :, :5] = True                    # touching the left border
+    mask[3, 20:40, 30:50] = True
+    mask[3, 25:35, 35:45] = False            # a square hole
+    mask[4, 0:10, 70:80] = True
+    mask[4, 3:6, 76:80] = False              # open to the right border: not a hole
+    expected = np.stack([ndi.binary_fill_holes(s) for s in mask])
+    assert (fill_holes_2d(mask) == expected).all()
+    assert fill_holes_2d(mask)[3, 30, 40] and not fill_holes_2d(mask)[4, 4, 79]
+    assert not fill_holes_2d(np.zeros((2, 8, 8), bool)).any()
