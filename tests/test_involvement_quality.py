@@ -257,3 +257,20 @@ def test_quality_codes_reach_the_sr(tmp_path) -> None:
     sr.save_as(path, enforce_file_format=True)
     if DCIODVFY is not None:
         assert dciodvfy_errors(path) == []
+
+
+def test_within_by_slabs_is_the_whole_distance_transform() -> None:
+    """quant.involvement._within works slab by slab; it must equal one distance transform
+    over the whole volume, at slab edges too."""
+    from scipy import ndimage as ndi
+
+    from quant.involvement import _within
+
+    rng = np.random.default_rng(5)
+    mask = rng.random((70, 40, 50)) > 0.995
+    mask[0, 0, 0] = mask[69, 39, 49] = True
+    spacing = np.array([1.25, 0.8, 0.8])
+    for radius in (2.0, 5.0, 9.5):
+        whole = ndi.distance_transform_edt(~mask, sampling=spacing) <= radius
+        for slab in (1, 7, 24, 200):
+            assert (_within(mask, spacing, radius, slab=slab) == whole).all(), (radius, slab)
