@@ -80,8 +80,10 @@ def run(files: list[Path], engine: str, device: str) -> dict[str, float]:
     from quant.hu_split import split_lesion
     from quant.measure import measure
     from segmentation.engine import segment
+    from segmentation.hilum import drop_hilar_components
     from segmentation.lesions_threshold import segment_lesions_threshold
     from segmentation.lobes import segment_lobes
+    from segmentation.lung_engine import get_lung_engine
     from segmentation.lungs import segment_lungs
 
     def sync():
@@ -93,9 +95,6 @@ def run(files: list[Path], engine: str, device: str) -> dict[str, float]:
     series = load_series(files)
     vol = series.volume
     times["load"] = time.perf_counter() - t
-    from segmentation.hilum import drop_hilar_components
-    from segmentation.lung_engine import get_lung_engine
-
     lung_net = get_lung_engine(None, device)
     sync()
     t = time.perf_counter()

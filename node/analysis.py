@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node import __version__
-from node.config import Settings
+from node.config import AnalysisSettings, Settings
 from node.outputs import documents, render
 from node.outputs.codes import SEG_GROUPS
 from node.outputs.seg import SEG_TRANSFER_SYNTAX, build_segs
@@ -35,6 +35,7 @@ from quant.hu_split import split_lesion
 from quant.measure import measure
 from quant.measurements import Measurements
 from segmentation.engine import segment
+from segmentation.types import Masks, Volume
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,14 @@ class AnalysisOutput:
 
 EarlierScans = Callable[[str, str], Sequence[PatientScan]]
 
+
+
+def segment_configured(volume: Volume, analysis: AnalysisSettings) -> Masks:
+    """segmentation.engine.segment with the analysis settings of the config: what the node,
+    `lungnode analyze` and `lungnode evaluate slices` run."""
+    return segment(volume, engine=analysis.engine, device=analysis.device,
+                   lung_engine=analysis.lung_engine, lesion_margin=analysis.lesion_margin,
+                   hilar_filter=analysis.hilar_filter)
 
 def analyze_series(
     paths: Sequence[Path],
@@ -103,9 +112,7 @@ def analyze_series(
     log.info("series %s rev %d: %d slices loaded", series_uid, revision, shape[0])
 
     analysis = settings.analysis
-    masks = segment(series.volume, engine=analysis.engine, device=analysis.device,
-                    lung_engine=analysis.lung_engine, lesion_margin=analysis.lesion_margin,
-                    hilar_filter=analysis.hilar_filter)
+    masks = segment_configured(series.volume, analysis)
     lap("segment_s")
     ggo, consolidation = split_lesion(
         series.volume.hu, masks.lesion, analysis.ggo_min_hu, analysis.consolidation_min_hu

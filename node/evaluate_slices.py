@@ -98,7 +98,7 @@ def slice_labels(series: LoadedSeries, rows: list[dict[str, str]], csv_path: Pat
 
 def run(series_dir: Path, labels_csv: Path, subject: str, settings) -> dict:
     """Evaluate one series; returns the JSON document."""
-    from segmentation.engine import segment
+    from node.analysis import segment_configured
 
     files = sorted(p for p in series_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
     if not files:
@@ -106,10 +106,7 @@ def run(series_dir: Path, labels_csv: Path, subject: str, settings) -> dict:
     rows = read_labels(labels_csv, subject)
     series = load_series(files, require_valid_uids=False)
     labels = slice_labels(series, rows, labels_csv)
-    masks = segment(series.volume, engine=settings.analysis.engine, device=settings.analysis.device,
-                    lung_engine=settings.analysis.lung_engine,
-                    lesion_margin=settings.analysis.lesion_margin,
-                    hilar_filter=settings.analysis.hilar_filter)
+    masks = segment_configured(series.volume, settings.analysis)
     areas = lesion_areas(masks.lesion, masks.lobes, series.volume.spacing_mm, labels)
     results = evaluate(areas, FLOORS_MM2)
     counted = classify_lesions(series.volume.hu, masks.lesion, series.volume.spacing_mm).counted

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from segmentation.boxes import bounding_box
+
 CALCIFIED_MIN_HU = 200.0
 CALCIFIED_FRACTION = 0.5
 SPECK_DIAMETER_MM = 4.0
@@ -197,13 +199,11 @@ def _within(mask: np.ndarray, spacing: np.ndarray, radius_mm: float,
     a voxel) is that of one slab rather than of the whole box."""
     spacing = np.asarray(spacing, dtype=np.float64)
     pad = np.ceil(radius_mm / spacing).astype(int) + 1
-    nz = np.nonzero(mask.any(axis=(1, 2)))[0]
-    ys = np.nonzero(mask.any(axis=(0, 2)))[0]
-    xs = np.nonzero(mask.any(axis=(0, 1)))[0]
-    z0, z1 = max(0, int(nz[0]) - pad[0]), min(mask.shape[0], int(nz[-1]) + pad[0] + 1)
-    yx = (slice(max(0, int(ys[0]) - pad[1]), min(mask.shape[1], int(ys[-1]) + pad[1] + 1)),
-          slice(max(0, int(xs[0]) - pad[2]), min(mask.shape[2], int(xs[-1]) + pad[2] + 1)))
     out = np.zeros(mask.shape, bool)
+    box = bounding_box(mask, margin=pad)
+    if box is None:
+        return out
+    (z0, z1), yx = (box[0].start, box[0].stop), box[1:]
     for start in range(z0, z1, slab):
         stop = min(z1, start + slab)
         lo, hi = max(z0, start - pad[0]), min(z1, stop + pad[0])

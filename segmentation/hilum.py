@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from segmentation.boxes import bounding_box
+
 HILUM_LUMEN_MM = 2.0
 HILUM_RADIUS_MM = 15.0
 HILUM_FRACTION = 0.6
@@ -78,7 +80,7 @@ def drop_hilar_components(hu: np.ndarray, lesion: np.ndarray, zone: np.ndarray,
     lesion = np.asarray(lesion, bool)
     if not lesion.any() or not zone.any():
         return HilarResult(lesion.copy(), 0, 0.0)
-    box = _bounding_box(lesion)
+    box = bounding_box(lesion)
     sub = lesion[box]
     labels, n = ndi.label(sub, structure=np.ones((3, 3, 3), bool))
     ids = labels[sub]  # only the lesion voxels: the sums below never touch the rest
@@ -93,11 +95,3 @@ def drop_hilar_components(hu: np.ndarray, lesion: np.ndarray, zone: np.ndarray,
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     return HilarResult(out, int(hilar.sum()), float(size[hilar].sum()) * voxel_ml)
 
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """The smallest box holding every True voxel of a non-empty mask."""
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)

@@ -35,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from segmentation.boxes import bounding_box
+
 LESION_WINDOW_HU = (-750.0, 100.0)
 DENSE_MIN_HU = -350.0
 VESSEL_MAX_RADIUS_MM = 5.0
@@ -54,13 +56,6 @@ def _dilate(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
 
 def _open(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
     return _dilate(_erode(mask, radius_mm, spacing), radius_mm, spacing) & mask
-
-
-def _bbox(mask: np.ndarray, margin: int = 3):
-    idx = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], np.nonzero(mask.any(axis=(0, 1)))[0]
-    if any(i.size == 0 for i in idx):
-        return None
-    return tuple(slice(max(0, i[0] - margin), min(n, i[-1] + margin + 1)) for i, n in zip(idx, mask.shape))
 
 
 def _detect(hu: np.ndarray, lung: np.ndarray, spacing) -> np.ndarray:
@@ -90,7 +85,7 @@ def _detect(hu: np.ndarray, lung: np.ndarray, spacing) -> np.ndarray:
 def segment_lesions_threshold(hu: np.ndarray, lung: np.ndarray, spacing_mm) -> np.ndarray:
     """Boolean lesion mask (GGO + consolidation) inside ``lung`` on the grid of ``hu``."""
     lesion = np.zeros(hu.shape, bool)
-    box = _bbox(lung)
+    box = bounding_box(lung, margin=3)
     if box is None:
         return lesion
     hu_b, lung_b = hu[box], lung[box]

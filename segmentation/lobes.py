@@ -81,6 +81,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from segmentation.boxes import bounding_box
+
 from segmentation.airways import trace_airways
 from segmentation.hilum import hilar_zone
 from segmentation.types import LOBE_KEYS, Lobe, Volume
@@ -654,7 +656,7 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
         if tree is not None and all(lb in tree.identified for lb in lobes):
             lung_w = rw_all if right else lw_all
             seeds = np.where(np.isin(tree.lobar, lobes), tree.lobar, 0).astype(np.uint8)
-            box = _bbox(lung_w | (seeds > 0), margin=2)
+            box = bounding_box(lung_w | (seeds > 0), margin=2)
             lab_c, sup = _bronchial_lung(hu_all[box], lung_w[box], seeds[box], g_all.spacing, right, search)
             lab_w = np.zeros(lung_w.shape, np.uint8)
             lab_w[box] = lab_c
@@ -672,7 +674,7 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
             zc_ends = (0.0, cranial_sign * (hu.shape[0] - 1) * volume.spacing_mm[0])
             lab_w, meth, sup = _one_lung(hu_w, lung_w, g, cranial_sign, zc0, right, relative_height_span,
                                          zc_ends)
-        box = _bbox(mask, margin=1)
+        box = bounding_box(mask, margin=1)
         m = mask[box]
         full = _expand_box(lab_w, g, box)
         full[~m] = 0
@@ -700,7 +702,7 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
     present = set()
     for mask in (lung_left, lung_right):
         if mask.any():
-            present.update(np.unique(labels[_bbox(mask)]).tolist())
+            present.update(np.unique(labels[bounding_box(mask)]).tolist())
     for lb, key in LOBE_KEYS.items():
         empty = lb not in present
         if empty:
@@ -713,11 +715,6 @@ def segment_lobes(volume: Volume, lung_left: np.ndarray, lung_right: np.ndarray,
                       fissure_support=support, cranial_end=cranial_end,
                       airway_lobes=sorted(LOBE_KEYS[lb] for lb in tree.identified) if tree is not None else [],
                       hilum=hilum)
-
-
-def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice]:
-    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
-    return tuple(slice(max(0, i[0] - margin), min(n, i[-1] + 1 + margin)) for i, n in zip(idx, mask.shape))
 
 
 def _note_fov_cut(mask: np.ndarray, side: str, notes: list[str]) -> None:

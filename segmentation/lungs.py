@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from segmentation.boxes import bounding_box
 from scipy.spatial import ConvexHull, QhullError
 
 BODY_MIN_HU = -500.0
@@ -96,12 +98,9 @@ def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
     is background joined to the slice border, so the holes inside are the same (and the
     labelling touches a fraction of the volume)."""
     mask = np.asarray(mask, bool)
-    if not mask.any():
+    box = bounding_box(mask, margin=(0, 1, 1))
+    if box is None:
         return mask.copy()
-    ys = np.nonzero(mask.any(axis=(0, 2)))[0]
-    xs = np.nonzero(mask.any(axis=(0, 1)))[0]
-    box = (slice(None), slice(max(0, int(ys[0]) - 1), int(ys[-1]) + 2),
-           slice(max(0, int(xs[0]) - 1), int(xs[-1]) + 2))
     sub = mask[box]
     background, n = ndi.label(~sub, structure=_SLICE_ONLY)
     border = np.concatenate([background[:, 0, :].ravel(), background[:, -1, :].ravel(),

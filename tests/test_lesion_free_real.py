@@ -16,18 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from node.analysis import segment_configured
 from node.config import load_settings
 from node.volume import load_series
 from quant.measure import measure
-from segmentation.engine import segment
 
 
 def _default_analysis(series_dir: Path):
     files = sorted(p for p in series_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
     series = load_series(files, require_valid_uids=False)
-    a = load_settings(None, None).analysis
-    masks = segment(series.volume, engine=a.engine, device=a.device, lung_engine=a.lung_engine,
-                    lesion_margin=a.lesion_margin, hilar_filter=a.hilar_filter)
+    a = load_settings(None, None).analysis   # the embedded default config.yaml
+    masks = segment_configured(series.volume, a)
     return masks, measure(series.volume, masks, a.ggo_min_hu, a.consolidation_min_hu,
                           a.lobe_involvement_floor_pct)
 
