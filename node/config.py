@@ -115,6 +115,7 @@ class AnalysisSettings(_Strict):
     lung_engine: Literal["net", "classical"] = "net"
     lesion_margin: bool = False
     hilar_filter: bool = True
+    lung_completion: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ggo_min_hu: float = -750.0
     consolidation_min_hu: float = -350.0

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
+
 from segmentation.hilum import drop_hilar_components
+from segmentation.lung_completion import complete_lungs
 from segmentation.lesions_threshold import segment_lesions_threshold
 from segmentation.lobes import segment_lobes
 from segmentation.lungs import segment_lungs
@@ -49,7 +54,8 @@ def check_engine(engine: str, device: str = "auto", lung_engine: str = "net") ->
 
 
 def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
-            lung_engine: str = "net", lesion_margin: bool = False, hilar_filter: bool = True) -> Masks:
+            lung_engine: str = "net", lesion_margin: bool = False, hilar_filter: bool = True,
+            lung_completion: bool = False) -> Masks:
     """Segment lungs (left/right) and lesions of ``volume``.
 
     lung_engine: "net" (LungNet, segmentation.lung_engine; weights shipped in
@@ -65,6 +71,10 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
     hilar_filter: take out lesion components that are hilar vessels (dense, mostly within
         15 mm of the central bronchi of the traced airway tree; segmentation.hilum). Needs
         the airway tree (slices up to 3 mm); otherwise a note says it was not applied.
+    lung_completion: with "unet", add to the lungs the lesion model's components outside the
+        lung mask that touch it: the airless lung a lung mask leaves out
+        (segmentation.lung_completion). A note says how many and how much. Lobes and
+        lesions are then drawn on the completed lungs.
     """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
@@ -76,10 +86,24 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
     else:
         lungs = segment_lungs(volume)
     lung = lungs.left | lungs.right
+    notes_completion: list[str] = []
     if engine == "unet":
-        from segmentation.unet_engine import segment_lesions_unet
+        from segmentation.unet_engine import get_engine
 
-        lesion = segment_lesions_unet(volume, lung, device=device)
+        prob, box = get_engine(None, device).predict_proba(volume, lung)
+        lesion = np.zeros(lung.shape, bool)
+        if prob.size:
+            lesion[box] = prob >= 0.5
+        del prob
+        if lung_completion:
+            done = complete_lungs(lungs.right, lungs.left, lesion, volume.spacing_mm, lungs.airway)
+            if done.n_components:
+                lungs = replace(lungs, right=done.right, left=done.left)
+                lung = lungs.left | lungs.right
+                notes_completion.append(
+                    f"lung completion: {done.n_components} dense component(s) next to the lung mask "
+                    f"({done.added_ml:.0f} ml) called lesion by the lesion model were added to the lung")
+        lesion &= lung
         if lesion_margin:
             from segmentation.lesion_margin import grow_margin
 
@@ -89,7 +113,7 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
     lesion = lesion & lung
     lobes = segment_lobes(volume, lungs.left, lungs.right)
     low = sorted(key for key, level in lobes.confidence.items() if level != "high")
-    notes = list(lungs.notes) + [f"lobes: {note}" for note in lobes.notes]
+    notes = list(lungs.notes) + notes_completion + [f"lobes: {note}" for note in lobes.notes]
     if hilar_filter and lobes.hilum is None:
         notes.append("hilum: no airway tree traced, hilar vessels were not told apart from lesions")
     elif hilar_filter:

@@ -178,19 +178,108 @@ def _crop_at(a: np.ndarray, cy: int, cx: int, size: int, fill: float) -> np.ndar
     return out
 
 
+def load_negative_hosts(root: Path) -> list[Host]:
+    """Lung-free upper abdomen below the lung bases, every voxel labelled background.
+
+    The lesion model is run over the lung's crop box; what lies under the diaphragm (liver,
+    stomach, spleen, bowel) must not look like consolidation to it, or any rule that takes
+    lesion voxels outside the lung mask as lung (``segmentation.lung_completion``) takes the
+    abdomen. Hosts: TotalSegmentator example_ct, the 120 mm below its lowest lung slice (by its
+    own label map, lobes 10-14) and, separately, its slices with lung, centred outside the lung
+    (the liver, stomach and bowel beside the lung bases); the 20-slice TotalSegmentator
+    upper-abdomen DICOM series (its label map has no lung). Slab centres are drawn inside the
+    body, 20 mm from its edge."""
+    from segmentation.train_lungs import array_spacing, read_files
+
+    ts = root / "totalsegmentator_examples"
+    hosts: list[Host] = []
+    arrays = []
+    if (ts / "example_ct.nii.gz").exists():
+        a, sp = array_spacing(read_image(ts / "example_ct.nii.gz"))
+        seg, _ = array_spacing(read_image(ts / "example_seg.nii.gz"))
+        off = a.shape[0] - seg.shape[0]  # the label map covers the top slices (train_lungs)
+        lung_ts = np.zeros(a.shape, bool)
+        lung_ts[off:] = np.isin(seg, (10, 11, 12, 13, 14))
+        zl = np.nonzero(lung_ts.any((1, 2)))[0]
+        if len(zl):
+            bottom = int(zl.min())  # z ascends cranially (LPS)
+            z0 = max(0, bottom - int(round(120.0 / sp[0])))
+            arrays.append(("totalseg_example_ct_abdomen", a[z0:bottom], sp, None))
+            # the lung bases with the liver, stomach and bowel beside and under them: centres
+            # outside the lung (by the label map), 10 mm from it
+            arrays.append(("totalseg_example_ct_bases", a[bottom:], sp, lung_ts[bottom:]))
+    d = ts / "example_ct_dicom"
+    if d.exists():
+        try:
+            seg, _ = array_spacing(read_image(ts / "example_seg_dicom.nii.gz"))
+            a, sp = array_spacing(read_files(sorted(d.iterdir())))
+            if seg.shape == a.shape and not np.isin(seg, (10, 11, 12, 13, 14)).any():
+                arrays.append(("totalseg_abdomen_dicom", a, sp, None))
+        except RuntimeError as exc:  # JPEG 2000 not decodable by this SimpleITK build
+            print(f"  negative host totalseg_abdomen_dicom: unreadable ({exc}), skipped", flush=True)
+    for name, a, sp, lung in arrays:
+        a = np.maximum(a.astype(np.float32), -1024.0)
+        hu_g = to_model_grid(a, sp[1:])
+        body = np.stack([ndi.binary_fill_holes(s > -500) for s in hu_g])
+        centres = np.stack([ndi.binary_erosion(b, iterations=int(20 / PIXEL_MM)) for b in body])
+        if lung is not None:
+            lung_g = to_model_grid(lung.astype(np.float32), sp[1:]) > 0.5
+            centres &= ~np.stack([ndi.binary_dilation(m, iterations=int(10 / PIXEL_MM)) for m in lung_g])
+        if not centres.any():
+            continue
+        ys = np.nonzero(body.any((0, 2)))[0]
+        xs = np.nonzero(body.any((0, 1)))[0]
+        sl = (slice(None), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+        hosts.append(Host(name, hu_g[sl], centres[sl], float(sp[0]), np.zeros(hu_g[sl].shape, np.uint8)))
+        print(f"  negative host {name}: {hosts[-1].hu.shape} dz {sp[0]:.2f} mm", flush=True)
+    return hosts
+
+
+def _paint_effusion(hu: np.ndarray, lung: np.ndarray, spacing, rng: np.random.Generator):
+    """Pleural effusion (``lung_synth``'s pattern: fluid layering in the posterior pleural
+    space with its meniscus, the lung beside it compressed) into the slab's lungs. The two
+    largest lung components stand for the two sides. Returns (hu, lung without the fluid)."""
+    from segmentation.lung_synth import paint_disease
+
+    lab, n = ndi.label(lung)
+    if n == 0:
+        return hu, lung
+    sizes = ndi.sum(lung, lab, index=np.arange(1, n + 1))
+    order = np.argsort(sizes)[::-1]
+    a = lab == order[0] + 1
+    b = lab == order[1] + 1 if n > 1 else np.zeros_like(lung)
+    out, ra, rb, _eff = paint_disease(hu, a, b, spacing, rng, patterns=("effusion",), sides="both")
+    return out, (ra | rb | (lung & ~a & ~b))
+
+
 def slab_sample(host: Host, rng: np.random.Generator, synth: bool, patterns: tuple = PATTERNS,
                 pattern_weights: tuple | None = None, mimic_fraction: float = 0.0,
-                vessels_not_lesion: bool = False):
+                vessels_not_lesion: bool = False, effusion_fraction: float = 0.0,
+                base_negative_fraction: float = 0.0):
     """(3, SLAB, SLAB) HU and (SLAB, SLAB) labels from a host.
 
     With ``pattern_weights`` (one per pattern) the pattern is drawn here with those weights and
     dense-family lesions cover at least 8% of the slab's lung (a dense focus smaller than that
     would be a nodule). ``mimic_fraction``: share of slabs that first get normal-lung mimics
     (``lesion_synth.add_mimics``: nodules, granulomas, dependent density, subpleural lines),
-    labelled background. Both default to the original behaviour (same random stream)."""
+    labelled background. ``effusion_fraction``: share of synthetic slabs that first get a
+    pleural effusion (labelled background; lesions are then painted into the rest of the
+    lung). ``base_negative_fraction``: share of slabs (of hosts without labels) centred outside
+    the lung, 10 mm from it, on the caudal third of the lung's slices (liver, stomach, spleen
+    and bowel beside the lung bases, heart), labelled background and never painted.
+    All default to the original behaviour (same random stream)."""
     nz = host.hu.shape[0]
     k = max(1, int(round(NEIGHBOUR_MM / host.dz)))
     zl = np.nonzero(host.lung.any((1, 2)))[0]
+    if host.labels is None and base_negative_fraction > 0 and rng.random() < base_negative_fraction:
+        z = int(rng.choice(zl[: max(1, len(zl) // 3)]))
+        body = ndi.binary_fill_holes(host.hu[z] > -500)
+        off = body & ~ndi.binary_dilation(host.lung[z], iterations=int(10 / PIXEL_MM))
+        if off.any():
+            zi = [int(np.clip(z + o, 0, nz - 1)) for o in (-k, 0, k)]
+            pts = np.argwhere(off)
+            cy, cx = pts[rng.integers(len(pts))]
+            return _crop_at(host.hu[zi], cy, cx, SLAB, -1000.0), np.zeros((SLAB, SLAB), np.uint8)
     z = int(rng.choice(zl))
     zi = [int(np.clip(z + o, 0, nz - 1)) for o in (-k, 0, k)]
     pts = np.argwhere(host.lung[z])
@@ -202,6 +291,8 @@ def slab_sample(host: Host, rng: np.random.Generator, synth: bool, patterns: tup
     spacing = (host.dz * k, PIXEL_MM, PIXEL_MM)
     if mimic_fraction > 0 and lung.sum() >= 50 and rng.random() < mimic_fraction:
         hu = add_mimics(hu, lung, spacing, rng)
+    if effusion_fraction > 0 and synth and lung.sum() >= 50 and rng.random() < effusion_fraction:
+        hu, lung = _paint_effusion(hu, lung, spacing, rng)
     if not synth or lung.sum() < 50:
         return hu, np.zeros((SLAB, SLAB), np.uint8)
     lung_ml = lung.sum() * PIXEL_MM * PIXEL_MM * host.dz * k / 1000.0
@@ -221,20 +312,27 @@ def slab_sample(host: Host, rng: np.random.Generator, synth: bool, patterns: tup
 
 def build_pool(hosts: list[Host], site: list[Host], rng: np.random.Generator, n: int,
                patterns: tuple = PATTERNS, pattern_weights: tuple | None = None,
-               mimic_fraction: float = 0.0, vessels_not_lesion: bool = False):
+               mimic_fraction: float = 0.0, vessels_not_lesion: bool = False,
+               negatives: list[Host] | None = None, negative_fraction: float = 0.0,
+               effusion_fraction: float = 0.0, base_negative_fraction: float = 0.0):
+    """``negatives``: lung-free hosts (``load_negative_hosts``) that give the last
+    ``negative_fraction`` of the pool, labelled background throughout."""
     weights = np.array([h.lung.any((1, 2)).sum() for h in hosts], float)
     weights /= weights.sum()
     X = np.zeros((n, 3, SLAB, SLAB), np.float16)
     Y = np.zeros((n, SLAB, SLAB), np.uint8)
     n_site = n // 2 if site else 0
+    n_neg = int(round(n * negative_fraction)) if negatives else 0
     for i in range(n):
         if i < n_site:
             h = site[rng.integers(len(site))]
             x, y = slab_sample(h, rng, False)
+        elif i >= n - n_neg:
+            x, y = slab_sample(negatives[rng.integers(len(negatives))], rng, False)
         else:
             h = hosts[rng.choice(len(hosts), p=weights)]
             x, y = slab_sample(h, rng, rng.random() < 0.8, patterns, pattern_weights, mimic_fraction,
-                               vessels_not_lesion)
+                               vessels_not_lesion, effusion_fraction, base_negative_fraction)
         X[i], Y[i] = x, y
     return X, Y
 
@@ -370,6 +468,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-hosts", default="",
                     help="comma-separated host names not to use (e.g. totalseg_example_ct, whose "
                          "classical lung mask takes bowel gas)")
+    ap.add_argument("--negative-fraction", type=float, default=0.0,
+                    help="share of the slab pool drawn from lung-free upper abdomen below the lung "
+                         "bases (load_negative_hosts), labelled background")
+    ap.add_argument("--effusion-fraction", type=float, default=0.0,
+                    help="share of synthetic slabs that first get a painted pleural effusion "
+                         "(lung_synth's pattern), labelled background")
+    ap.add_argument("--base-negative-fraction", type=float, default=0.0,
+                    help="share of host slabs centred outside the lung beside the lung bases "
+                         "(abdomen, heart), labelled background")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--no-eval", action="store_true")
     args = ap.parse_args(argv)
@@ -406,10 +513,14 @@ def main(argv: list[str] | None = None) -> int:
     exclude = tuple(h.strip() for h in args.exclude_hosts.split(",") if h.strip())
     hosts = load_hosts(root, exclude)
     site = load_site_data(Path(args.site_data)) if args.site_data else []
+    negatives = load_negative_hosts(root) if args.negative_fraction > 0 else []
+    if args.negative_fraction > 0 and not negatives:
+        ap.error("--negative-fraction: no lung-free abdomen host found under --data-root")
     t = time.time()
     print(f"[train] synthetic lesion patterns: {', '.join(patterns)}", flush=True)
     PX, PY = build_pool(hosts, site, rng, args.pool, patterns, pattern_weights, args.mimic_fraction,
-                        args.vessels_not_lesion)
+                        args.vessels_not_lesion, negatives, args.negative_fraction, args.effusion_fraction,
+                        args.base_negative_fraction)
     print(f"[train] slab pool {len(PX)} ({time.time() - t:.0f}s), lesion px fraction "
           f"{(PY > 0).mean():.3f}", flush=True)
 
@@ -471,6 +582,13 @@ def main(argv: list[str] | None = None) -> int:
         extra["vessels_not_lesion"] = True
     if exclude:
         extra["exclude_hosts"] = list(exclude)
+    if negatives:
+        extra["negative_fraction"] = args.negative_fraction
+        extra["negative_hosts"] = [h.name for h in negatives]
+    if args.effusion_fraction:
+        extra["effusion_fraction"] = args.effusion_fraction
+    if args.base_negative_fraction:
+        extra["base_negative_fraction"] = args.base_negative_fraction
     if args.init:
         extra["init_sha256"] = init.sha256
         extra["lr"] = args.lr

@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO)); sys.path.insert(0, str(REPO / "benchmarks"))
 from lung_net_eval import CASES, DATA, read  # noqa: E402
+from segmentation.lung_completion import complete_lungs  # noqa: E402
 from segmentation.lung_engine import get_lung_engine, to_net_grid  # noqa: E402
 from segmentation.lung_synth import paint_dependent_consolidation, paint_disease  # noqa: E402
 from segmentation.lungs import segment_lungs  # noqa: E402
@@ -48,8 +49,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("hosts")
     ap.add_argument("--json")
+    ap.add_argument("--lesion-weights", default=None, help="lesion model weights (default: shipped)")
+    ap.add_argument("--gates", default=",".join(f"{g:g}" for g in GATES))
     args = ap.parse_args()
-    leng, seng = get_lung_engine(None, "cpu"), get_engine(None, "cpu")
+    gates = tuple(float(g) for g in args.gates.split(","))
+    leng, seng = get_lung_engine(None, "cpu"), get_engine(args.lesion_weights, "cpu")
     rows = []
     for host in args.hosts.split(","):
         vol = read(DATA / HOSTS[host])
@@ -74,13 +78,19 @@ def main() -> int:
             cand = np.zeros(lung.shape, bool)
             cand[box] = prob >= 0.5
             cand &= ~lung & ~pred.airway
-            pl = p_lung(leng, hu, vol.spacing_mm)
+            pl = p_lung(leng, hu, vol.spacing_mm) if any(g > 0 for g in gates) else None
             truth = rt | lt
             truth_ml = float(truth.sum()) * vml
             row = {"host": host, "case": name,
                    "net_error_pct": round(100 * (float(lung.sum()) * vml - truth_ml) / truth_ml, 2)}
             rim = ndi.binary_dilation(lung, structure=S)
-            for gate in GATES:
+            done = complete_lungs(pred.right, pred.left, cand, vol.spacing_mm, pred.airway)
+            both = done.right | done.left
+            row["error_pct@module"] = round(100 * (float(both.sum()) * vml - truth_ml) / truth_ml, 2)
+            row["added_outside_truth_ml@module"] = round(float((both & ~truth).sum()) * vml, 1)
+            row["side_dice@module"] = [round(2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum())), 3)
+                                       for a, b in ((done.right, rt), (done.left, lt))]
+            for gate in gates:
                 c = cand & (pl >= gate) if gate > 0 else cand
                 labels, _ = ndi.label(c, structure=S)
                 touching = np.unique(labels[rim & c])
