@@ -34,12 +34,18 @@ class CompletedLungs:
 
 
 def complete_lungs(right: np.ndarray, left: np.ndarray, lesion_candidates: np.ndarray,
-                   spacing_mm, airway: np.ndarray | None = None) -> CompletedLungs:
+                   spacing_mm, airway: np.ndarray | None = None,
+                   min_contact: float = 0.0) -> CompletedLungs:
     """Add to the lungs every 26-connected component of ``lesion_candidates`` (the lesion
     model's P >= 0.5, boolean on the volume grid) outside the lungs and the airways that
     touches a lung. A component goes to the side with which it shares more boundary; one that
     touches both (across a narrow anterior or posterior junction) is split voxel by voxel to
-    the nearer side."""
+    the nearer side.
+
+    min_contact: a component joins only if at least this fraction of its boundary voxels
+    touch the lung. Airless lung left out of a lung mask lies against the aerated lung it
+    belongs to; an organ under the diaphragm or a fluid layer meets the lung over a small part
+    of its surface."""
     right, left = right.astype(bool), left.astype(bool)
     if right.shape != left.shape or lesion_candidates.shape != right.shape:
         raise ValueError(f"masks differ in shape: right {right.shape}, left {left.shape}, "
@@ -58,6 +64,12 @@ def complete_lungs(right: np.ndarray, left: np.ndarray, lesion_candidates: np.nd
     idx = np.arange(1, n + 1)
     touch_r = ndi.sum(near_r, labels, idx) if n else np.zeros(0)
     touch_l = ndi.sum(near_l, labels, idx) if n else np.zeros(0)
+    if min_contact > 0 and n:
+        surface = c & ~ndi.binary_erosion(c, structure=_FULL)
+        on_lung = ndi.sum(surface & (near_r | near_l), labels, idx)
+        share = on_lung / np.maximum(1.0, ndi.sum(surface, labels, idx))
+        weak = share < min_contact
+        touch_r, touch_l = np.where(weak, 0, touch_r), np.where(weak, 0, touch_l)
     out_r, out_l = right.copy(), left.copy()
     add_r = np.isin(labels, idx[(touch_r > 0) & (touch_l == 0)])
     add_l = np.isin(labels, idx[(touch_l > 0) & (touch_r == 0)])

@@ -71,3 +71,16 @@ def test_shapes_must_agree() -> None:
     right, left = _lungs()
     with pytest.raises(ValueError, match="shape"):
         complete_lungs(right, left, np.zeros((2, 2, 2), bool), SPACING)
+
+
+def test_min_contact_keeps_what_lies_against_the_lung_and_drops_what_only_grazes_it() -> None:
+    right, left = _lungs()
+    cons = _box(2, 18, 35, 50, 12, 38)  # its whole anterior face on the lung
+    organ = _box(0, 3, 36, 58, 44, 58)  # a block under the lung bases that grazes a corner
+    organ[2, 35, 40] = True  # touches the right lung at one voxel
+    organ[2, 35, 41:44] = True
+    loose = complete_lungs(right, left, cons | organ, SPACING)
+    assert loose.right[organ].any()
+    strict = complete_lungs(right, left, cons | organ, SPACING, min_contact=0.15)
+    assert strict.n_components == 1
+    assert strict.right[cons].all() and not strict.right[organ].any()

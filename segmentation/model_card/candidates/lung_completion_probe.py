@@ -50,9 +50,13 @@ def main() -> int:
     ap.add_argument("hosts")
     ap.add_argument("--json")
     ap.add_argument("--lesion-weights", default=None, help="lesion model weights (default: shipped)")
-    ap.add_argument("--gates", default=",".join(f"{g:g}" for g in GATES))
+    ap.add_argument("--gates", default=",".join(f"{g:g}" for g in GATES),
+                    help="P(lung) gates of the probe's own rule ('' for none)")
+    ap.add_argument("--min-contacts", default="0",
+                    help="segmentation.lung_completion min_contact values to run (0: plain rule)")
     args = ap.parse_args()
-    gates = tuple(float(g) for g in args.gates.split(","))
+    gates = tuple(float(g) for g in args.gates.split(",") if g)
+    min_contacts = tuple(float(c) for c in args.min_contacts.split(","))
     leng, seng = get_lung_engine(None, "cpu"), get_engine(args.lesion_weights, "cpu")
     rows = []
     for host in args.hosts.split(","):
@@ -84,12 +88,14 @@ def main() -> int:
             row = {"host": host, "case": name,
                    "net_error_pct": round(100 * (float(lung.sum()) * vml - truth_ml) / truth_ml, 2)}
             rim = ndi.binary_dilation(lung, structure=S)
-            done = complete_lungs(pred.right, pred.left, cand, vol.spacing_mm, pred.airway)
-            both = done.right | done.left
-            row["error_pct@module"] = round(100 * (float(both.sum()) * vml - truth_ml) / truth_ml, 2)
-            row["added_outside_truth_ml@module"] = round(float((both & ~truth).sum()) * vml, 1)
-            row["side_dice@module"] = [round(2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum())), 3)
-                                       for a, b in ((done.right, rt), (done.left, lt))]
+            for mc in min_contacts:
+                done = complete_lungs(pred.right, pred.left, cand, vol.spacing_mm, pred.airway, min_contact=mc)
+                both = done.right | done.left
+                tag = "module" if mc == 0 else f"module_contact{mc:g}"
+                row[f"error_pct@{tag}"] = round(100 * (float(both.sum()) * vml - truth_ml) / truth_ml, 2)
+                row[f"added_outside_truth_ml@{tag}"] = round(float((both & ~truth).sum()) * vml, 1)
+                row[f"side_dice@{tag}"] = [round(2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum())), 3)
+                                           for a, b in ((done.right, rt), (done.left, lt))]
             for gate in gates:
                 c = cand & (pl >= gate) if gate > 0 else cand
                 labels, _ = ndi.label(c, structure=S)
