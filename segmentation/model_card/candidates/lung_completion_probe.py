@@ -1,12 +1,16 @@
-"""Experiment (not shipped): lung completion from the lesion model. See MODEL_CARD.md
-(LungNet card, "Tried and not shipped: lung completion from the lesion model").
+"""Experiment: lung completion from the lesion model (segmentation/lung_completion.py). See
+MODEL_CARD.md (LungNet card, "Lung completion") and candidates/cand_D.plan.md, cand_E.plan.md.
 
-Rule tried: lesion-model components (P(lesion) >= 0.5 over the learned lung's crop box, the
-engine's 10 mm margin) outside the learned lung mask (and its airways) that touch the lung are
-added to the lung; optionally only where LungNet's own P(lung) >= t ("gate"). Prints, per
-case, the lung volume error against the truth lung and the ml added outside the truth lung.
+Rule: lesion-model components (P(lesion) >= 0.5 over the learned lung's crop box, the engine's
+10 mm margin) outside the learned lung mask (and its airways) that touch the lung are added to
+the lung. Columns "module*" run segmentation.lung_completion.complete_lungs for each
+--min-contacts value (a component joins only if that fraction of its surface touches the
+lung); columns "@<gate>" run the probe's own older rule, adding only where LungNet's own
+P(lung) >= gate. Prints, per case, the lung volume error against the truth lung and the ml
+added outside the truth lung.
 
-    .venv/bin/python segmentation/model_card/candidates/lung_completion_probe.py lidc0002,lidc0003 [--json F]
+    .venv/bin/python segmentation/model_card/candidates/lung_completion_probe.py lidc0002,lidc0003,normal002 \
+        [--lesion-weights W] [--gates ''] [--min-contacts 0,0.1,0.15] [--json F]
     hosts: lidc0002, lidc0003 (validation), normal002 (healthy only: design series), lidc0001 (test)
 """
 import argparse, json, sys
