@@ -6,8 +6,10 @@ Rule: lesion-model components (P(lesion) >= 0.5 over the learned lung's crop box
 the lung. Columns "module*" run segmentation.lung_completion.complete_lungs for each
 --min-contacts value (a component joins only if that fraction of its surface touches the
 lung); columns "@<gate>" run the probe's own older rule, adding only where LungNet's own
-P(lung) >= gate. Prints, per case, the lung volume error against the truth lung and the ml
-added outside the truth lung.
+P(lung) >= gate. Prints, per case, the lung volume error against the truth lung, the ml the
+completion added outside the truth lung ("added_outside_truth_ml") and, for the module
+columns, the whole completed lung outside the truth ("lung_outside_truth_ml", which includes
+LungNet's own outline).
 
     .venv/bin/python segmentation/model_card/candidates/lung_completion_probe.py lidc0002,lidc0003,normal002 \
         [--lesion-weights W] [--gates ''] [--min-contacts 0,0.1,0.15] [--json F]
@@ -97,7 +99,10 @@ def main() -> int:
                 both = done.right | done.left
                 tag = "module" if mc == 0 else f"module_contact{mc:g}"
                 row[f"error_pct@{tag}"] = round(100 * (float(both.sum()) * vml - truth_ml) / truth_ml, 2)
-                row[f"added_outside_truth_ml@{tag}"] = round(float((both & ~truth).sum()) * vml, 1)
+                # what the completion added (not LungNet's own outline) outside the truth lung,
+                # as the gate columns count it; the whole completed lung outside the truth too
+                row[f"added_outside_truth_ml@{tag}"] = round(float((both & ~lung & ~truth).sum()) * vml, 1)
+                row[f"lung_outside_truth_ml@{tag}"] = round(float((both & ~truth).sum()) * vml, 1)
                 row[f"side_dice@{tag}"] = [round(2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum())), 3)
                                            for a, b in ((done.right, rt), (done.left, lt))]
             for gate in gates:
