@@ -84,3 +84,44 @@ def test_min_contact_keeps_what_lies_against_the_lung_and_drops_what_only_grazes
     strict = complete_lungs(right, left, cons | organ, SPACING, min_contact=0.15)
     assert strict.n_components == 1
     assert strict.right[cons].all() and not strict.right[organ].any()
+
+
+
+@pytest.fixture(scope="module")
+def phantom_completion():
+    """The phantom segmented by the default engines without and with lung completion (the
+    opt-in path of analysis.lung_completion), and its truth labels."""
+    from node.phantom import phantom_with_labels
+    from segmentation.engine import segment
+
+    volume, _, labels = phantom_with_labels(seed=0)
+    plain = segment(volume, engine="unet", device="cpu", lung_completion=False)
+    done = segment(volume, engine="unet", device="cpu", lung_completion=True)
+    return volume, labels, plain, done
+
+
+def test_engine_completion_grows_the_lungs_and_says_how_much(phantom_completion) -> None:
+    import re
+
+    volume, _, plain, done = phantom_completion
+    for side in ("lung_left", "lung_right"):
+        assert not (getattr(plain, side) & ~getattr(done, side)).any(), side
+    assert not (done.lung_left & done.lung_right).any()
+    added = (done.lung_left | done.lung_right) & ~(plain.lung_left | plain.lung_right)
+    notes = [n for n in done.notes if n.startswith("lung completion:")]
+    assert not [n for n in plain.notes if n.startswith("lung completion:")]
+    if added.any():
+        ml = float(re.search(r"\((\d+) ml\)", notes[0]).group(1))
+        assert ml == pytest.approx(added.sum() * volume.voxel_volume_ml, abs=1.0)
+    else:
+        assert notes == []
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped lesion model (v2) marks soft tissue beside the "
+                   "phantom's lungs (one 33 ml component at 40 HU reaching 35 mm from the lung): "
+                   "the completion adds 46 ml there, 1.6 ml of it lung; one reason "
+                   "analysis.lung_completion is off by default (MODEL_CARD.md, 'Lung completion')")
+def test_engine_completion_adds_only_lung_on_the_phantom(phantom_completion) -> None:
+    volume, labels, plain, done = phantom_completion
+    added = (done.lung_left | done.lung_right) & ~(plain.lung_left | plain.lung_right)
+    assert (added & ~labels["lung"]).sum() * volume.voxel_volume_ml < 5.0
