@@ -1,5 +1,5 @@
 """Experiment: lung completion from the lesion model (segmentation/lung_completion.py). See
-MODEL_CARD.md (LungNet card, "Lung completion") and candidates/cand_D.plan.md, cand_E.plan.md.
+MODEL_CARD.md (LungNet card, "Lung completion") and candidates/cand_D.plan.md, cand_E.plan.md, cand_F.plan.md.
 
 Rule: lesion-model components (P(lesion) >= 0.5 over the learned lung's crop box, the engine's
 10 mm margin) outside the learned lung mask (and its airways) that touch the lung are added to
