@@ -97,6 +97,20 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
     if hu.shape != lesion.shape:
         raise ValueError(f"hu {hu.shape} and lesion {lesion.shape} differ in shape")
     lesion = lesion.astype(bool, copy=False)
+    box = bounding_box(lesion)
+    if box is None:
+        return Involvement(lesion.copy(), [], 0, [])
+    # everything happens in the lesion's bounding box (the same components, in the same
+    # order, and the same figures: coordinates are taken on the whole grid)
+    found = _classify_in_box(hu[box], lesion[box], spacing_mm, tuple(s.start for s in box))
+    counted = np.zeros(lesion.shape, bool)
+    counted[box] = found.counted
+    return Involvement(counted, found.excluded, found.n_components, found.notes)
+
+
+def _classify_in_box(hu: np.ndarray, lesion: np.ndarray, spacing_mm, offset: tuple[int, ...]) -> Involvement:
+    """classify_lesions on a box of the volume whose first voxel is ``offset`` on the whole
+    grid, holding every lesion voxel."""
     labels, n = ndi.label(lesion, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return Involvement(lesion.copy(), [], 0, [])
@@ -106,7 +120,7 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
     lab = labels[idx]
     count = np.bincount(lab, minlength=n + 1).astype(np.float64)
     calcified = np.bincount(lab, weights=(hu[idx] > CALCIFIED_MIN_HU), minlength=n + 1)
-    coords = [idx[a].astype(np.float64) * spacing[a] for a in range(3)]
+    coords = [(idx[a] + offset[a]).astype(np.float64) * spacing[a] for a in range(3)]
     mean = [np.bincount(lab, weights=c, minlength=n + 1) / np.maximum(count, 1) for c in coords]
     cov = np.zeros((n + 1, 3, 3))
     for a in range(3):

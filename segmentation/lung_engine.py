@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+from segmentation.boxes import bounding_box
 from segmentation.lung_net import LEFT, MULTIPLE, RIGHT, LungNet, normalise_hu
 from segmentation.lungs import LungMasks, airway_mask, fill_holes_2d
 from segmentation.types import Volume
@@ -136,13 +137,19 @@ def _argmax3(p: torch.Tensor) -> torch.Tensor:
 
 
 def _clean_side(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndi.label(mask)
-    if count == 0:
+    """Largest piece plus pieces of at least MIN_PIECE_FRACTION of it, holes filled per slice;
+    computed in the mask's bounding box (the same pieces as on the whole grid)."""
+    box = bounding_box(mask)
+    if box is None:
         return mask
-    sizes = np.bincount(labels[mask], minlength=count + 1)[1:]  # lung voxels only: same counts
+    inner = mask[box]
+    labels, count = ndi.label(inner)
+    sizes = np.bincount(labels[inner], minlength=count + 1)[1:]  # lung voxels only: same counts
     keep = np.zeros(count + 1, bool)
     keep[1:] = sizes >= MIN_PIECE_FRACTION * sizes.max()
-    return fill_holes_2d(keep[labels])
+    out = np.zeros(mask.shape, bool)
+    out[box] = fill_holes_2d(keep[labels])
+    return out
 
 
 _ENGINES: dict[tuple[str, str], LungNetEngine] = {}

@@ -4,6 +4,11 @@ A weights file ``NAME.pt`` is a ``torch.save`` dict ``{"format", "config", "stat
 (float16 state dict); ``NAME.pt.sha256`` beside it holds its sha256. ``load_checked`` refuses
 a file whose digest differs (a corrupt or swapped file must stop the node at start-up, not
 give wrong masks), and builds the network in float32 on the chosen device, in eval mode.
+
+On the CPU the weights are kept channels-last (NHWC): oneDNN's convolutions are then about
+30 % faster on the two shipped networks (benchmarks/analyze_vs_baseline.py), with outputs
+equal to the contiguous layout's within 1e-5 (float summation order). On CUDA the layout is
+left as it was (not measured there).
 """
 
 from __future__ import annotations
@@ -63,4 +68,7 @@ def load_checked(path: Path, expected_sha256: str | None, what: str,
     net = build(cfg)
     net.load_state_dict({k: (v.float() if v.is_floating_point() else v)
                          for k, v in ckpt["state_dict"].items()})
-    return net.to(dev).eval(), cfg, digest, dev
+    net = net.to(dev).eval()
+    if dev.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    return net, cfg, digest, dev

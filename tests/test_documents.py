@@ -206,3 +206,39 @@ def test_report_page_shows_the_course_trend_when_there_is_a_prior():
     alone = render.render_report(_measurements(), title="t", subtitle="s", slices=slices,
                                  course=single).rgb
     assert near(alone, lesions) == near(without, lesions)   # one scan: no chart
+
+
+@pytest.mark.skipif(not CIP.is_dir(), reason="shared/data is not mounted")
+def test_overlay_images_after_the_first_are_what_highdicom_builds_for_them() -> None:
+    """build_overlay builds the first image with highdicom and copies it for the others:
+    each copy equals highdicom's own image for that slice (same attributes, values and
+    pixel data bytes), apart from the creation times (the series' first image's)."""
+    series = load_series(sorted(CIP.glob("*.dcm")))
+    masks, ggo, consolidation = _masks(series.volume.hu)
+    n = series.volume.hu.shape[0]
+    images = [render.overlay_rgb(series.volume.hu[k], ggo[k], consolidation[k]) for k in range(n)]
+    overlays = list(documents.build_overlay(series, images, series_number=9907, revision=1,
+                                            software_version=VERSION))
+    mapping = documents.source_slice_of_canonical(series)
+    spacing = series.volume.spacing_mm
+    times = {"InstanceCreationTime", "InstanceCreationDate", "ContentTime", "ContentDate",
+             "TimeOfSecondaryCapture", "DateOfSecondaryCapture", "ContributingEquipmentSequence"}
+    for k in (1, n // 2, n - 1):
+        expected = documents._sc(
+            series, images[k], kind="OVERLAY", instance=k + 1, series_number=9907, revision=1,
+            software_version=VERSION, description=documents.OVERLAY_SERIES_DESCRIPTION,
+            pixel_spacing=(float(spacing[1]), float(spacing[2])), orientation=("L", "P"),
+            source_index=mapping[k])
+        expected.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        expected.ImageComments = f"source slice {k + 1} of {len(series.source_datasets)}"
+        got = overlays[k]
+        assert {e.keyword for e in got} == {e.keyword for e in expected}
+        for element in expected:
+            if element.keyword not in times:
+                assert got[element.tag].value == element.value, (k, element.keyword)
+                assert got[element.tag].VR == element.VR, (k, element.keyword)
+        assert got.file_meta == expected.file_meta
+        a, b = io.BytesIO(), io.BytesIO()
+        got.save_as(a, enforce_file_format=True)
+        expected.save_as(b, enforce_file_format=True)
+        assert len(a.getvalue()) == len(b.getvalue())  # same encoding, element for element

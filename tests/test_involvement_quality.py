@@ -274,3 +274,27 @@ def test_within_by_slabs_is_the_whole_distance_transform() -> None:
         whole = ndi.distance_transform_edt(~mask, sampling=spacing) <= radius
         for slab in (1, 7, 24, 200):
             assert (_within(mask, spacing, radius, slab=slab) == whole).all(), (radius, slab)
+
+
+def test_classification_in_the_lesion_box_is_the_classification_on_the_whole_grid() -> None:
+    """classify_lesions works in the lesion's bounding box: the same kinds, figures, centroids
+    (on the whole grid) and counted voxels as the same rules run on the whole volume."""
+    from quant.involvement import _classify_in_box
+
+    hu, left, right, lobes = _chest()
+    nodule = _ball((60, 80, 140), 8.0)
+    calcified = _ball((20, 100, 60), 3.0)
+    speck = np.zeros(SHAPE, bool)
+    speck[40, 60, 50] = True
+    patch = np.zeros(SHAPE, bool)
+    patch[10:30, 40:60, 150:170] = True
+    lesion = nodule | calcified | speck | patch
+    hu[lesion] = -400
+    hu[calcified] = 600
+    boxed = classify_lesions(hu, lesion, SPACING)
+    whole = _classify_in_box(hu, lesion, SPACING, (0, 0, 0))
+    assert sorted(c.kind for c in boxed.excluded) == ["calcified", "nodule", "speck"]
+    assert boxed.excluded == whole.excluded
+    assert boxed.n_components == whole.n_components == 4
+    np.testing.assert_array_equal(boxed.counted, whole.counted)
+    assert boxed.counted.sum() == patch.sum()

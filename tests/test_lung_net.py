@@ -167,3 +167,25 @@ def test_argmax3_is_argmax_with_its_ties():
     assert got.dtype == torch.uint8
     assert torch.equal(got, p.argmax(1).to(torch.uint8))
     assert got[0, 0, :4].tolist() == [0, 1, 0, 0]
+
+
+@pytest.mark.parametrize("which", ["lung", "lesion"])
+def test_cpu_engines_run_channels_last_with_the_contiguous_outputs(which):
+    """The shipped networks are kept channels-last on the CPU (faster convolutions); their
+    outputs equal those of the same weights in the default layout within float rounding."""
+    import copy
+
+    if which == "lung":
+        from segmentation.lung_engine import LungNetEngine as Engine
+        x = torch.randn(4, 1, 96, 112)
+    else:
+        from segmentation.unet_engine import UNetLesionEngine as Engine
+        x = torch.randn(4, 3, 96, 112)
+    net = Engine(device="cpu").net
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in net.parameters() if p.ndim == 4)
+    plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    assert not all(p.is_contiguous(memory_format=torch.channels_last)
+                   for p in plain.parameters() if p.ndim == 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-4)

@@ -17,6 +17,7 @@ a resend after a crash replaces rather than duplicates.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, JPEGLSLossless
 
 from node.outputs.header import copy_patient_study, with_type2
@@ -164,15 +166,48 @@ def source_slice_of_canonical(series: LoadedSeries) -> list[int] | None:
 def build_overlay(series: LoadedSeries, images: Iterable[np.ndarray], *, series_number: int,
                   revision: int, software_version: str) -> Iterable[Dataset]:
     """One RGB Secondary Capture per source slice, in slice order (a generator: one image in
-    memory at a time). ``images[k]`` is slice k of the LoadedSeries."""
+    memory at a time). ``images[k]`` is slice k of the LoadedSeries.
+
+    The first image is built by highdicom; every later one is a copy of it with its own
+    SOP Instance UID, Instance Number, source reference, comment and pixel data (encoded by
+    highdicom's ``encode_frame``), since nothing else differs between the images of the
+    series but the creation times, which are the first image's for all (building each one
+    with highdicom took ~16 ms an image, half of the overlay series' time on 300 slices)."""
     spacing = series.volume.spacing_mm  # (z, y, x); PixelSpacing is (between rows, columns)
     pixel_spacing = (float(spacing[1]), float(spacing[2]))
     sources = source_slice_of_canonical(series)
+    template: Dataset | None = None
     for k, rgb in enumerate(images):
-        sc = _sc(series, rgb, kind="OVERLAY", instance=k + 1, series_number=series_number,
-                 revision=revision, software_version=software_version,
-                 description=OVERLAY_SERIES_DESCRIPTION, pixel_spacing=pixel_spacing,
-                 orientation=("L", "P"), source_index=sources[k] if sources else None)
-        sc.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        if template is None:
+            sc = _sc(series, rgb, kind="OVERLAY", instance=k + 1, series_number=series_number,
+                     revision=revision, software_version=software_version,
+                     description=OVERLAY_SERIES_DESCRIPTION, pixel_spacing=pixel_spacing,
+                     orientation=("L", "P"), source_index=sources[k] if sources else None)
+            sc.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        else:
+            sc = _next_overlay(template, series, rgb, k, revision, software_version)
+            if sources:
+                sc.SourceImageSequence = [_reference(series.source_datasets[sources[k]])]
         sc.ImageComments = f"source slice {k + 1} of {len(series.source_datasets)}"
+        if template is None:
+            template = copy.deepcopy(sc)
         yield sc
+
+
+def _next_overlay(template: Dataset, series: LoadedSeries, rgb: np.ndarray, k: int,
+                  revision: int, software_version: str) -> Dataset:
+    """Overlay image k (0-based) as a copy of the series' first image."""
+    if rgb.dtype != np.uint8 or rgb.shape != (template.Rows, template.Columns, 3):
+        raise ValueError(f"overlay slice {k + 1}: an RGB uint8 image of "
+                         f"{template.Rows} x {template.Columns} is needed, got {rgb.dtype} {rgb.shape}")
+    _, sop_uid = output_uids(series, revision, software_version, "OVERLAY", k + 1)
+    sc = copy.deepcopy(template)
+    sc.SOPInstanceUID = sop_uid
+    sc.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    sc.InstanceNumber = k + 1
+    frame = hd.frame.encode_frame(
+        rgb, transfer_syntax_uid=template.file_meta.TransferSyntaxUID, bits_allocated=8,
+        bits_stored=8, photometric_interpretation=template.PhotometricInterpretation,
+        pixel_representation=0, planar_configuration=template.get("PlanarConfiguration"))
+    sc.PixelData = encapsulate([frame])
+    return sc
