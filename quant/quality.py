@@ -48,6 +48,8 @@ from enum import Enum
 import numpy as np
 from scipy import ndimage as ndi
 
+from segmentation.boxes import bounding_box
+
 DENSE_FRACTION = 0.5
 BORDER_LESION_FRACTION = 0.15
 BODY_MIN_HU = -500.0
@@ -138,7 +140,15 @@ def largest_fluid_ml(hu: np.ndarray, masks: dict[str, np.ndarray], spacing_mm) -
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndi.binary_erosion(mask, border_value=0)
+    """Mask voxels with a 6-neighbour outside the mask (or on the array's edge); worked in the
+    mask's bounding box grown by one voxel (the same voxels as on the whole grid)."""
+    out = np.zeros(mask.shape, bool)
+    box = bounding_box(mask, margin=1)
+    if box is None:
+        return out
+    sub = mask[box]
+    out[box] = sub & ~ndi.binary_erosion(sub, border_value=0)
+    return out
 
 
 def assess(hu: np.ndarray, lung_left: np.ndarray, lung_right: np.ndarray, lesion: np.ndarray,

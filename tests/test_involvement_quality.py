@@ -298,3 +298,17 @@ def test_classification_in_the_lesion_box_is_the_classification_on_the_whole_gri
     assert boxed.n_components == whole.n_components == 4
     np.testing.assert_array_equal(boxed.counted, whole.counted)
     assert boxed.counted.sum() == patch.sum()
+
+
+@pytest.mark.parametrize("where", ["inside", "on the edge"])
+def test_lung_surface_in_its_box_is_the_surface_on_the_whole_grid(where) -> None:
+    from scipy import ndimage as ndi
+
+    from quant.quality import _surface
+
+    mask = _ball((40, 80, 100), 30.0)
+    if where == "on the edge":
+        mask |= _ball((0, 80, 199), 25.0)       # reaches the first slice and the last column
+    expected = mask & ~ndi.binary_erosion(mask, border_value=0)
+    np.testing.assert_array_equal(_surface(mask), expected)
+    assert not _surface(np.zeros(SHAPE, bool)).any()

@@ -189,3 +189,23 @@ def test_cpu_engines_run_channels_last_with_the_contiguous_outputs(which):
                    for p in plain.parameters() if p.ndim == 4)
     with torch.inference_mode():
         torch.testing.assert_close(net(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_piece_selection_in_the_box_is_the_selection_on_the_whole_grid():
+    from scipy import ndimage as ndi
+
+    from segmentation.lung_engine import MIN_PIECE_FRACTION, _clean_side
+    from segmentation.lungs import fill_holes_2d
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 90, 120), bool)
+    mask[5:35, 10:70, 0:50] = True                  # the lung, on the first column
+    mask[10:30, 30:40, 20:30] = False               # a hole (a dense nodule)
+    mask[2:8, 75:88, 60:75] = True                  # a piece above MIN_PIECE_FRACTION
+    mask[20:22, 80:82, 100:102] = True              # a speck below it
+    mask |= rng.random(mask.shape) > 0.9995
+    labels, n = ndi.label(mask)
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.concatenate([[False], sizes >= MIN_PIECE_FRACTION * sizes.max()])
+    np.testing.assert_array_equal(_clean_side(mask), fill_holes_2d(keep[labels]))
+    assert not _clean_side(np.zeros((4, 5, 6), bool)).any()
