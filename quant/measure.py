@@ -65,18 +65,23 @@ def measure(volume: Volume, masks: Masks, ggo_min_hu: float = -750.0,
     else:
         lobes = {}
         pcts = []
+        lobe_map = np.asarray(masks.lobes)
+        n_labels = max(int(lobe) for lobe in LOBE_KEYS) + 1
+        # voxels per lobe label among the lesion and the counted voxels (their own voxels only)
+        lesion_in = np.bincount(lobe_map[lesion], minlength=n_labels) * vml
+        counted_in = np.bincount(lobe_map[counted], minlength=n_labels) * vml
         for lobe, key in LOBE_KEYS.items():
-            region = masks.lobes == int(lobe)
-            l_ml = ml(region)
-            pct = _pct(ml(lesion & region), l_ml)
-            counted_pct = _pct(ml(counted & region), l_ml)
+            l_ml = ml(lobe_map == int(lobe))
+            lobe_lesion_ml = float(lesion_in[int(lobe)])
+            pct = _pct(lobe_lesion_ml, l_ml)
+            counted_pct = _pct(float(counted_in[int(lobe)]), l_ml)
             score = (None if counted_pct is None
                      else lobe_score(min(counted_pct, 100.0), lobe_involvement_floor_pct))
             if pct is None:
                 flags.append(f"lobe {key}: volume is zero, score not computed")
             else:
                 pcts.append(counted_pct)
-            lobes[key] = LobeMeasurement(volume_ml=l_ml, lesion_volume_ml=ml(lesion & region),
+            lobes[key] = LobeMeasurement(volume_ml=l_ml, lesion_volume_ml=lobe_lesion_ml,
                                          lesion_pct=pct, score=score,
                                          confidence=masks.lobe_confidence.get(key),
                                          involvement_pct=counted_pct)

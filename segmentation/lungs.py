@@ -73,12 +73,28 @@ def _factors(spacing: tuple[float, float, float]) -> tuple[int, int, int]:
 
 
 def _downsample(hu: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    """Block means over ``f`` voxels (edge-padded to a multiple of ``f``), float32.
+
+    Summed one axis at a time over strided views (about ten times faster than a mean over
+    three axes of a 6-D reshape); the same values as that mean on integer HU."""
+    a = hu.astype(np.float32, copy=False)
     if f == (1, 1, 1):
-        return hu.astype(np.float32, copy=False)
-    z, y, x = (int(np.ceil(n / k)) * k for n, k in zip(hu.shape, f))
-    pad = np.pad(hu.astype(np.float32), [(0, z - hu.shape[0]), (0, y - hu.shape[1]), (0, x - hu.shape[2])],
-                 mode="edge")
-    return pad.reshape(z // f[0], f[0], y // f[1], f[1], x // f[2], f[2]).mean(axis=(1, 3, 5))
+        return a
+    pads = [(0, (-n) % k) for n, k in zip(a.shape, f)]
+    if any(p for _, p in pads):
+        a = np.pad(a, pads, mode="edge")
+    for axis, k in enumerate(f):
+        if k == 1:
+            continue
+        blocks = a.reshape(a.shape[:axis] + (a.shape[axis] // k, k) + a.shape[axis + 1:])
+        part = [slice(None)] * blocks.ndim
+        part[axis + 1] = 0
+        total = blocks[tuple(part)].copy()
+        for j in range(1, k):
+            part[axis + 1] = j
+            total += blocks[tuple(part)]
+        a = total
+    return a / np.float32(np.prod(f))
 
 
 def _upsample(mask: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:

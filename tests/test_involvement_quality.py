@@ -312,3 +312,18 @@ def test_lung_surface_in_its_box_is_the_surface_on_the_whole_grid(where) -> None
     expected = mask & ~ndi.binary_erosion(mask, border_value=0)
     np.testing.assert_array_equal(_surface(mask), expected)
     assert not _surface(np.zeros(SHAPE, bool)).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_within_radius_by_slabs_and_boxes_is_the_whole_grid_distance(seed) -> None:
+    from scipy import ndimage as ndi
+
+    from quant.involvement import _within
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random(SHAPE) > 0.99995                     # sparse foci, far apart
+    mask |= _ball((70, 20, 190), 6.0)                       # and a patch at the array's edge
+    spacing = np.asarray(SPACING, float)
+    expected = ndi.distance_transform_edt(~mask, sampling=spacing) <= 5.0
+    np.testing.assert_array_equal(_within(mask, spacing, 5.0, slab=7), expected)
+    assert not _within(np.zeros(SHAPE, bool), spacing, 5.0).any()

@@ -96,3 +96,17 @@ def test_fill_holes_2d_matches_slice_by_slice_scipy():
     assert (fill_holes_2d(mask) == expected).all()
     assert fill_holes_2d(mask)[3, 30, 40] and not fill_holes_2d(mask)[4, 4, 79]
     assert not fill_holes_2d(np.zeros((2, 8, 8), bool)).any()
+
+
+@pytest.mark.parametrize("f", [(2, 2, 2), (1, 2, 2), (3, 2, 2), (1, 1, 1)])
+@pytest.mark.parametrize("shape", [(12, 16, 20), (11, 15, 17)])
+def test_downsample_is_the_block_mean_of_the_edge_padded_volume(f, shape):
+    from segmentation.lungs import _downsample
+
+    hu = np.random.default_rng(0).integers(-1024, 2000, shape).astype(np.int16)
+    padded = np.pad(hu.astype(np.float32), [(0, (-n) % k) for n, k in zip(shape, f)], mode="edge")
+    z, y, x = padded.shape
+    expected = padded.reshape(z // f[0], f[0], y // f[1], f[1], x // f[2], f[2]).mean(axis=(1, 3, 5))
+    got = _downsample(hu, f)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
