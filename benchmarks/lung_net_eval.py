@@ -3,6 +3,7 @@ model card.
 
     .venv/bin/python benchmarks/lung_net_eval.py painted  [--json FILE]   # held-out painted cases
     .venv/bin/python benchmarks/lung_net_eval.py pictures [--out DIR]     # masks on real COVID-19 CT
+    .venv/bin/python benchmarks/lung_net_eval.py phantom  [--seed 0]      # where the phantom's error is
 
 ``painted``: LIDC-IDRI-0001 (whole series held out from training) with the classical mask as
 truth of the healthy lungs (checked by eye), and disease painted at full resolution by
@@ -15,6 +16,11 @@ as a check of the case the issue measured on "a real lesion-free CT").
 ``pictures``: the lung contours (red = right, green = left; net | classical side by side) on
 COVID-19-NY-SBU axial slices, RICORD-1A stacks and COVID-CT-MD P002 / cap002, written as
 small PNGs.
+
+``phantom``: the net's lungs on ``lungnode phantom``'s volume (node.phantom, same seed) against
+its truth lung: volume error per side, false-positive and false-negative ml by distance from
+the truth boundary, the HU of the false positives, and per-slice areas where the two differ
+most (the phantom's lung base is a dome inside homogeneous 40 HU body: no diaphragm, no liver).
 """
 
 from __future__ import annotations
@@ -218,6 +224,38 @@ def cmd_pictures(args) -> int:
     return 0
 
 
+def cmd_phantom(args) -> int:
+    from scipy import ndimage as ndi
+
+    from node.phantom import phantom_with_labels
+    from segmentation.lung_engine import LungNetEngine
+
+    vol, _truth, lab = phantom_with_labels(seed=args.seed)
+    masks = LungNetEngine(args.weights, args.device).predict(vol)
+    vml = float(np.prod(vol.spacing_mm)) / 1000.0
+    truth = lab["lung"]
+    pred = masks.left | masks.right
+    print(f"phantom seed {args.seed}, {vol.hu.shape}, spacing {vol.spacing_mm} mm")
+    for side, t, p in (("both", truth, pred), ("left", truth & lab["left"], masks.left),
+                       ("right", truth & lab["right"], masks.right)):
+        print(f"  {side:5s} truth {t.sum() * vml:7.1f} ml  net {p.sum() * vml:7.1f} ml  "
+              f"error {100 * (p.sum() / max(1, t.sum()) - 1):+6.1f} %")
+    fp, fn = pred & ~truth, truth & ~pred
+    d_out = ndi.distance_transform_edt(~truth, sampling=vol.spacing_mm)
+    d_in = ndi.distance_transform_edt(truth, sampling=vol.spacing_mm)
+    for lo, hi in ((0, 2), (2, 4), (4, 8), (8, np.inf)):
+        print(f"  {lo}-{hi} mm from the truth boundary: false positive "
+              f"{(fp & (d_out > lo) & (d_out <= hi)).sum() * vml:6.1f} ml, false negative "
+              f"{(fn & (d_in > lo) & (d_in <= hi)).sum() * vml:6.1f} ml")
+    if fp.any():
+        print("  false-positive HU 5/50/95th percentile:",
+              " / ".join(f"{v:.0f}" for v in np.percentile(vol.hu[fp], [5, 50, 95])))
+    diff = (fp.sum(axis=(1, 2)) + fn.sum(axis=(1, 2))) * vml
+    for k in np.argsort(diff)[::-1][:6]:
+        print(f"  slice {k:3d}: truth {truth[k].sum() * vml:6.1f} ml, net {pred[k].sum() * vml:6.1f} ml")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -229,11 +267,14 @@ def main(argv=None) -> int:
     p.add_argument("--with-training-series", action="store_true")
     q = sub.add_parser("pictures")
     q.add_argument("--out", default=str(REPO / "segmentation" / "model_card"))
-    for s in (p, q):
+    r = sub.add_parser("phantom")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--weights", default=None, help="lung_net.pt to measure (default: the shipped one)")
+    for s in (p, q, r):
         s.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
         s.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    return cmd_painted(args) if args.cmd == "painted" else cmd_pictures(args)
+    return {"painted": cmd_painted, "pictures": cmd_pictures, "phantom": cmd_phantom}[args.cmd](args)
 
 
 if __name__ == "__main__":
