@@ -51,13 +51,22 @@ def hilar_zone(airway_mask: np.ndarray, spacing_mm: tuple[float, float, float],
     """Boolean zone within ``radius_mm`` of the airway voxels whose lumen radius is at least
     ``lumen_mm`` (same grid as ``airway_mask``; anisotropic spacing handled)."""
     airway = np.asarray(airway_mask, bool)
-    if not airway.any():
-        return np.zeros(airway.shape, bool)
-    lumen = ndi.distance_transform_edt(airway, sampling=spacing_mm)
-    central = airway & (lumen >= lumen_mm)
-    if not central.any():
-        return np.zeros(airway.shape, bool)
-    return ndi.distance_transform_edt(~central, sampling=spacing_mm) <= radius_mm
+    zone = np.zeros(airway.shape, bool)
+    # both transforms run in boxes: the lumen radius in the airway's box grown by one voxel
+    # (its ring is background, nearer to any voxel inside than anything beyond it), the zone
+    # in the central airway's box grown by the radius (nothing farther is within it)
+    box = bounding_box(airway, margin=1)
+    if box is None:
+        return zone
+    sub = airway[box]
+    central = np.zeros(airway.shape, bool)
+    central[box] = sub & (ndi.distance_transform_edt(sub, sampling=spacing_mm) >= lumen_mm)
+    reach = np.ceil(radius_mm / np.asarray(spacing_mm, float)).astype(int) + 1
+    box = bounding_box(central, margin=tuple(int(r) for r in reach))
+    if box is None:
+        return zone
+    zone[box] = ndi.distance_transform_edt(~central[box], sampling=spacing_mm) <= radius_mm
+    return zone
 
 
 @dataclass(frozen=True)

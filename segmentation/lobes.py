@@ -81,9 +81,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from segmentation.boxes import bounding_box
-
 from segmentation.airways import trace_airways
+from segmentation.blocks import block_any, block_mean
+from segmentation.boxes import bounding_box
 from segmentation.hilum import hilar_zone
 from segmentation.types import LOBE_KEYS, Lobe, Volume
 
@@ -179,12 +179,9 @@ def _reduce(arr: np.ndarray, g: _Grid, how: str) -> np.ndarray:
     pad = [(0, (hi - lo) - n) for lo, hi, n in zip(g.lo, g.hi, sub.shape)]
     if any(p[1] for p in pad):
         sub = np.pad(sub, pad, mode="edge")
-    z, y, x = sub.shape
-    fz, fy, fx = g.f
-    blocks = sub.reshape(z // fz, fz, y // fy, fy, x // fx, fx)
     if how == "mean":
-        return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
-    return blocks.any(axis=(1, 3, 5))
+        return block_mean(sub, g.f)
+    return block_any(sub, g.f)
 
 
 def _expand_box(labels_w: np.ndarray, g: _Grid, box: tuple[slice, slice, slice]) -> np.ndarray:

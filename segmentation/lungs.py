@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
-
-from segmentation.boxes import bounding_box
 from scipy.spatial import ConvexHull, QhullError
+
+from segmentation.blocks import block_mean
+from segmentation.boxes import bounding_box
 
 BODY_MIN_HU = -500.0
 THRESHOLD_CLAMP_HU = (-700.0, -250.0)
@@ -73,28 +74,14 @@ def _factors(spacing: tuple[float, float, float]) -> tuple[int, int, int]:
 
 
 def _downsample(hu: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    """Block means over ``f`` voxels (edge-padded to a multiple of ``f``), float32.
-
-    Summed one axis at a time over strided views (about ten times faster than a mean over
-    three axes of a 6-D reshape); the same values as that mean on integer HU."""
+    """Block means over ``f`` voxels (edge-padded to a multiple of ``f``), float32."""
     a = hu.astype(np.float32, copy=False)
     if f == (1, 1, 1):
         return a
     pads = [(0, (-n) % k) for n, k in zip(a.shape, f)]
     if any(p for _, p in pads):
         a = np.pad(a, pads, mode="edge")
-    for axis, k in enumerate(f):
-        if k == 1:
-            continue
-        blocks = a.reshape(a.shape[:axis] + (a.shape[axis] // k, k) + a.shape[axis + 1:])
-        part = [slice(None)] * blocks.ndim
-        part[axis + 1] = 0
-        total = blocks[tuple(part)].copy()
-        for j in range(1, k):
-            part[axis + 1] = j
-            total += blocks[tuple(part)]
-        a = total
-    return a / np.float32(np.prod(f))
+    return block_mean(a, f)
 
 
 def _upsample(mask: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:

@@ -74,3 +74,22 @@ def test_ground_glass_beside_the_bronchus_stays() -> None:
 def test_shapes_must_agree() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         drop_hilar_components(np.zeros(SHAPE), np.zeros(SHAPE, bool), np.zeros((2, 2, 2), bool), SPACING)
+
+
+@pytest.mark.parametrize("edge", [False, True])
+def test_hilar_zone_in_boxes_is_the_whole_grid_zone(edge):
+    from scipy import ndimage as ndi
+
+    from segmentation.hilum import HILUM_LUMEN_MM, HILUM_RADIUS_MM, hilar_zone
+
+    spacing = (2.0, 1.0, 1.5)
+    z, y, x = np.ogrid[:40, :90, :80]
+    airway = ((y - 45) ** 2 + ((x - 40) * 1.5) ** 2 <= 36) & (z >= 10)      # a 6 mm trachea
+    airway |= ((z * 2.0 - 30) ** 2 + (y - 45) ** 2 <= 9) & (x > 40)          # a 3 mm bronchus
+    if edge:
+        airway |= ((y - 5) ** 2 + (x * 1.5) ** 2 <= 16) & (z < 3)            # on two edges
+    lumen = ndi.distance_transform_edt(airway, sampling=spacing)
+    central = airway & (lumen >= HILUM_LUMEN_MM)
+    expected = ndi.distance_transform_edt(~central, sampling=spacing) <= HILUM_RADIUS_MM
+    np.testing.assert_array_equal(hilar_zone(airway, spacing), expected)
+    assert not hilar_zone(np.zeros((5, 6, 7), bool), spacing).any()
