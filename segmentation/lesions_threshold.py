@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from segmentation.blocks import block_mean, pad_to_blocks, unblock
 from segmentation.boxes import bounding_box
 
 LESION_WINDOW_HU = (-750.0, 100.0)
@@ -96,18 +97,14 @@ def segment_lesions_threshold(hu: np.ndarray, lung: np.ndarray, spacing_mm) -> n
         return lesion
     # working grid: block means of HU; lung = majority of the block
     shape = hu_b.shape
-    pads = [(0, (-n) % k) for n, k in zip(shape, f)]
-    def block_mean(a):
-        a = np.pad(a.astype(np.float32), pads, mode="edge")
-        s = a.shape
-        return a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).mean(axis=(1, 3, 5))
+
+    def mean(a):
+        return block_mean(pad_to_blocks(a.astype(np.float32), f), f)
+
     work_spacing = tuple(s * k for s, k in zip(spacing_mm, f))
-    coarse = _detect(block_mean(hu_b), block_mean(lung_b) >= 0.5, work_spacing)
+    coarse = _detect(mean(hu_b), mean(lung_b) >= 0.5, work_spacing)
     coarse = ndi.binary_dilation(coarse)
-    up = coarse
-    for axis, k in enumerate(f):
-        up = np.repeat(up, k, axis=axis)
-    up = up[: shape[0], : shape[1], : shape[2]]
+    up = unblock(coarse, f, shape)
     sigma = [min(1.0, 0.7 / s) for s in spacing_mm]
     smooth = ndi.gaussian_filter(hu_b.astype(np.float32), sigma=sigma)
     lesion[box] = up & lung_b & (smooth >= LESION_WINDOW_HU[0]) & (smooth <= LESION_WINDOW_HU[1])

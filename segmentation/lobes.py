@@ -82,7 +82,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from segmentation.airways import trace_airways
-from segmentation.blocks import block_any, block_mean
+from segmentation.blocks import block_any, block_max, block_mean, pad_to_blocks, unblock
 from segmentation.boxes import bounding_box
 from segmentation.hilum import hilar_zone
 from segmentation.types import LOBE_KEYS, Lobe, Volume
@@ -445,22 +445,8 @@ def _one_lung(hu_w: np.ndarray | None, lung_w: np.ndarray, g: _Grid, cranial_sig
 
 def _block(arr: np.ndarray, f: tuple[int, int, int], how: str) -> np.ndarray:
     """Block-reduce ``arr`` by ``f`` (edge-padded): "any", "mean" or "max"."""
-    pad = [(0, (-n) % k) for n, k in zip(arr.shape, f)]
-    a = np.pad(arr, pad, mode="edge") if any(p[1] for p in pad) else arr
-    z, y, x = a.shape
-    b = a.reshape(z // f[0], f[0], y // f[1], f[1], x // f[2], f[2])
-    if how == "any":
-        return b.any(axis=(1, 3, 5))
-    if how == "mean":
-        return b.mean(axis=(1, 3, 5), dtype=np.float32)
-    return b.max(axis=(1, 3, 5))
-
-
-def _unblock(arr: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
-    for axis, k in enumerate(f):
-        if k > 1:
-            arr = np.repeat(arr, k, axis=axis)
-    return arr[: shape[0], : shape[1], : shape[2]]
+    reduce = {"any": block_any, "mean": block_mean, "max": block_max}[how]
+    return reduce(pad_to_blocks(arr, f), f)
 
 
 def _geodesic_lobes(lung_w: np.ndarray, hu_w: np.ndarray, seeds_w: np.ndarray, lobes,
@@ -493,7 +479,7 @@ def _geodesic_lobes(lung_w: np.ndarray, hu_w: np.ndarray, seeds_w: np.ndarray, l
     best = np.take_along_axis(t, order[:1], axis=0)[0]
     second = np.take_along_axis(t, order[1:2], axis=0)[0]
     nearest = np.asarray(lobes, np.uint8)[order[0]]
-    lab = _unblock(nearest, f, lung_w.shape)
+    lab = unblock(nearest, f, lung_w.shape)
     # margin at block centres, linearly interpolated onto the working grid
     margin = ndi.zoom(second - best, f, order=1, mode="nearest", grid_mode=True)
     pad = [(0, max(0, n - m)) for n, m in zip(lung_w.shape, margin.shape)]
@@ -506,7 +492,7 @@ def _coarse_edt(mask: np.ndarray, spacing) -> np.ndarray:
     f = (1, *(max(1, int(round(3.0 / s))) for s in spacing[1:]))
     inside = ~_block(~mask, f, "any")
     d = ndi.distance_transform_edt(inside, sampling=[s * k for s, k in zip(spacing, f)]).astype(np.float32)
-    return _unblock(d, f, mask.shape)
+    return unblock(d, f, mask.shape)
 
 
 def _keep_connected(lab: np.ndarray, lung_w: np.ndarray, lobes) -> np.ndarray:

@@ -40,7 +40,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-from segmentation.blocks import block_mean
+from segmentation.blocks import block_mean, pad_to_blocks, unblock
 from segmentation.boxes import bounding_box
 
 BODY_MIN_HU = -500.0
@@ -78,20 +78,11 @@ def _downsample(hu: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     a = hu.astype(np.float32, copy=False)
     if f == (1, 1, 1):
         return a
-    pads = [(0, (-n) % k) for n, k in zip(a.shape, f)]
-    if any(p for _, p in pads):
-        a = np.pad(a, pads, mode="edge")
-    return block_mean(a, f)
+    return block_mean(pad_to_blocks(a, f), f)
 
 
 def _upsample(mask: np.ndarray, f: tuple[int, int, int], shape) -> np.ndarray:
-    if f == (1, 1, 1):
-        return mask
-    up = mask
-    for axis, k in enumerate(f):
-        if k > 1:
-            up = np.repeat(up, k, axis=axis)
-    return up[: shape[0], : shape[1], : shape[2]]
+    return mask if f == (1, 1, 1) else unblock(mask, f, shape)
 
 
 def fill_holes_2d(mask: np.ndarray) -> np.ndarray:

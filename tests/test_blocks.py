@@ -40,3 +40,20 @@ def test_block_any_is_the_reshape_any(f):
 def test_a_shape_not_a_multiple_of_the_block_is_refused():
     with pytest.raises(ValueError, match="multiple"):
         block_mean(np.zeros((5, 4, 4)), (2, 2, 2))
+
+
+@pytest.mark.parametrize("f", FACTORS)
+def test_block_max_pad_and_unblock(f):
+    from segmentation.blocks import block_max, pad_to_blocks, unblock
+
+    a = np.random.default_rng(4).integers(0, 6, (4 * f[0] + 1, 3 * f[1], 2 * f[2] + 1)).astype(np.uint8)
+    padded = pad_to_blocks(a, f)
+    assert all(n % k == 0 for n, k in zip(padded.shape, f))
+    np.testing.assert_array_equal(padded[: a.shape[0], : a.shape[1], : a.shape[2]], a)
+    np.testing.assert_array_equal(padded[-1], padded[-1 - (padded.shape[0] - a.shape[0])])  # edge
+    assert pad_to_blocks(padded, f) is padded
+    np.testing.assert_array_equal(block_max(padded, f), _reshaped(padded, f).max(axis=(1, 3, 5)))
+    up = unblock(block_max(padded, f), f, a.shape)
+    assert up.shape == a.shape and (up >= a).all()
+    z, y, x = (np.arange(n) // k for n, k in zip(a.shape, f))
+    np.testing.assert_array_equal(up, block_max(padded, f)[np.ix_(z, y, x)])
