@@ -110,10 +110,8 @@ def classify_lesions(hu: np.ndarray, lesion: np.ndarray,
 
 def _classify_in_box(hu: np.ndarray, lesion: np.ndarray, spacing_mm, offset: tuple[int, ...]) -> Involvement:
     """classify_lesions on a box of the volume whose first voxel is ``offset`` on the whole
-    grid, holding every lesion voxel."""
+    grid, holding every lesion voxel (at least one)."""
     labels, n = ndi.label(lesion, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return Involvement(lesion.copy(), [], 0, [])
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     idx = np.nonzero(labels)

@@ -175,10 +175,9 @@ def _make_grid(spacing_in, mask: np.ndarray, margin_mm: float = 6.0,
 
 
 def _reduce(arr: np.ndarray, g: _Grid, how: str) -> np.ndarray:
-    sub = arr[g.lo[0]:g.hi[0], g.lo[1]:g.hi[1], g.lo[2]:g.hi[2]]
-    pad = [(0, (hi - lo) - n) for lo, hi, n in zip(g.lo, g.hi, sub.shape)]
-    if any(p[1] for p in pad):
-        sub = np.pad(sub, pad, mode="edge")
+    # the grid's extent is a multiple of f; a crop cut short by the array's end is edge-padded
+    # back to it (the next multiple of f)
+    sub = pad_to_blocks(arr[g.lo[0]:g.hi[0], g.lo[1]:g.hi[1], g.lo[2]:g.hi[2]], g.f)
     if how == "mean":
         return block_mean(sub, g.f)
     return block_any(sub, g.f)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
 import pytest
 
 from node.outputs import build_segs, build_sr, documents, render
@@ -243,31 +242,3 @@ def test_overlay_images_after_the_first_are_what_highdicom_builds_for_them() -> 
         got.save_as(a, enforce_file_format=True)
         expected.save_as(b, enforce_file_format=True)
         assert len(a.getvalue()) == len(b.getvalue())  # same encoding, element for element
-
-
-def test_overlay_copies_do_not_share_what_can_be_changed() -> None:
-    """The overlay images after the first are copies of it: changing a multi-valued element,
-    a sequence item or the file meta of one leaves the others as they were."""
-    from pydicom.dataset import FileMetaDataset
-
-    first = Dataset()
-    first.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-    first.PixelSpacing = [0.7, 0.7]
-    first.InstanceNumber = 1
-    item = Dataset()
-    item.Manufacturer = "lungnode"
-    first.ContributingEquipmentSequence = [item]
-    first.file_meta = FileMetaDataset()
-    first.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
-    copy = documents._copy_dataset(first)
-    assert copy == first and copy.file_meta == first.file_meta
-    copy.ImageType[2] = "OTHER"
-    copy.PixelSpacing[0] = 1.0
-    copy.InstanceNumber = 2
-    copy.ContributingEquipmentSequence[0].Manufacturer = "else"
-    copy.file_meta.MediaStorageSOPInstanceUID = "1.2.4"
-    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
-    assert [float(v) for v in first.PixelSpacing] == [0.7, 0.7]
-    assert first.InstanceNumber == 1
-    assert first.ContributingEquipmentSequence[0].Manufacturer == "lungnode"
-    assert first.file_meta.MediaStorageSOPInstanceUID == "1.2.3"
