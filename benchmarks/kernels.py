@@ -8,7 +8,11 @@ replaced, in one run (medians of ``--repeat`` runs):
 - one 512 x 512 RGB overlay image of LIDC-IDRI-0001 (its real headers, a middle slice), per
   image: built by highdicom (what every image cost before) vs copied from the series' first
   image (what build_overlay does after the first), and its JPEG-LS Lossless encoding
-  (highdicom.frame.encode_frame, paid either way).
+  (highdicom.frame.encode_frame, paid either way);
+- the colouring of one overlay slice (LIDC-IDRI-0001, a middle slice, lesions and five lobe
+  regions drawn by HU so that every code path runs): node.outputs.render.overlay_rgb (look-up
+  of the lesion pixels) vs the float blend over the whole slice it replaced (and whether they
+  are equal).
 
     .venv/bin/python benchmarks/kernels.py [--repeat 5]
 """
@@ -110,6 +114,35 @@ def overlay_image(repeat: int) -> None:
           f"{300 * (t_build - t_copy - t_enc):.1f} s, the encoding costs {300 * t_enc:.1f} s")
 
 
+def overlay_colouring(repeat: int) -> None:
+    from node.outputs import render
+    from node.outputs.codes import LOBES
+    from node.volume import load_series
+    from stages import series_files
+
+    series = load_series(series_files(133, Path(".")))
+    hu = series.volume.hu[series.volume.hu.shape[0] // 2]
+    ggo = (hu >= -750) & (hu < -350)
+    consolidation = hu >= -350
+    lobes = np.where(hu < -400, 1 + (np.arange(hu.shape[1]) * 5 // hu.shape[1])[None, :], 0)
+    lobes = lobes.astype(np.uint8)
+
+    def before():
+        rgb = render.blend(render.window(hu), ggo, consolidation)
+        border = render.lobe_borders(lobes)
+        for spec in LOBES.segments:
+            rgb[border == spec.number] = spec.rgb
+        return rgb
+
+    equal = np.array_equal(before(), render.overlay_rgb(hu, ggo, consolidation, lobes))
+    t_old = median_s(before, repeat)
+    t_new = median_s(lambda: render.overlay_rgb(hu, ggo, consolidation, lobes), repeat)
+    print(f"overlay colouring 512x512 ({int(ggo.sum())} GGO, {int(consolidation.sum())} "
+          f"consolidation pixels): float blend {1000 * t_old:.2f} ms, look-up "
+          f"{1000 * t_new:.2f} ms ({t_old / t_new:.1f}x), equal: {equal}; over 300 slices "
+          f"{300 * (t_old - t_new):.1f} s less")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -117,6 +150,7 @@ def main(argv=None) -> int:
     networks(args.repeat)
     block_means(args.repeat)
     overlay_image(args.repeat)
+    overlay_colouring(args.repeat)
     return 0
 
 

@@ -242,3 +242,30 @@ def test_overlay_images_after_the_first_are_what_highdicom_builds_for_them() -> 
         got.save_as(a, enforce_file_format=True)
         expected.save_as(b, enforce_file_format=True)
         assert len(a.getvalue()) == len(b.getvalue())  # same encoding, element for element
+
+
+@pytest.mark.parametrize("lobe_dtype", [np.uint8, np.int32])
+def test_overlay_colouring_is_the_float_blend_pixel_for_pixel(lobe_dtype) -> None:
+    """overlay_rgb looks the lesion pixels up in a table: it must give what blending every
+    pixel in float gives (render.blend, the definition), overlapping GGO and consolidation,
+    grey values at both clip ends, labels without a colour (0, 6, 300) and no lobes included."""
+    from node.outputs.codes import LOBES
+
+    rng = np.random.default_rng(7)
+    hu = rng.uniform(-1600, 600, (96, 80)).astype(np.float32)
+    hu[0, :10] = -1350.0   # window's lower end
+    hu[1, :10] = 150.0     # upper end
+    ggo = rng.random(hu.shape) < 0.3
+    consolidation = rng.random(hu.shape) < 0.3          # overlaps GGO on ~9 % of the pixels
+    labels = [0, 1, 2, 3, 4, 5, 6] + ([300] if lobe_dtype is np.int32 else [])
+    lobes = rng.choice(labels, size=(12, 10)).repeat(8, axis=0).repeat(8, axis=1).astype(lobe_dtype)
+
+    expected = render.blend(render.window(hu), ggo, consolidation)
+    assert np.array_equal(render.overlay_rgb(hu, ggo, consolidation), expected)
+    border = render.lobe_borders(lobes)
+    for spec in LOBES.segments:
+        expected[border == spec.number] = spec.rgb
+    got = render.overlay_rgb(hu, ggo, consolidation, lobes)
+    assert got.dtype == np.uint8 and got.shape == hu.shape + (3,)
+    assert (ggo & consolidation).any() and (border == 6).any()
+    assert np.array_equal(got, expected)
