@@ -25,7 +25,10 @@ Rules, in order (sizes in mm, so anisotropic voxels are handled):
    patchy, band-like or subpleural-crescentic); filling at least ``NODULE_MIN_FILL`` (0.55)
    of its moment-equivalent ellipsoid (a solid, round focus fills ~0.9-1.0, a crescent or a
    branching patch much less); and no other lesion voxel within ``ISOLATION_MM`` (10 mm) of
-   it (pneumonia is multifocal and confluent; a nodule sits alone in aerated lung). These
+   it (pneumonia is multifocal and confluent; a nodule sits alone in aerated lung); specks
+   (rule 2) do not count as other lesion here: they are mask noise, and thinner slices give
+   more of them (on LIDC-IDRI-0001 interpolated to 1.25 mm, a 2-voxel speck within 10 mm of its
+   21 mm nodule made the nodule "pneumonia"; plan: segmentation/model_card/candidates/speck_isolation.plan.md). These
    are excluded only when there are at most ``MAX_SOLITARY_NODULES`` (4) of them: many
    compact foci are read as multifocal opacities and all count (then a note says so).
 4. ``small_focus``: a focus of any shape whose *cluster* is under
@@ -162,12 +165,16 @@ def _classify_in_box(hu: np.ndarray, lesion: np.ndarray, spacing_mm, offset: tup
     isolated[1:] = members[cluster_of[1:]] == 1
     objects = ndi.find_objects(labels)
     pad = np.ceil(ISOLATION_MM / spacing).astype(int)
+    # a speck near a candidate does not break its isolation: it is mask noise (rule 2), and
+    # thinner slices give more of them, so counting them made the rule depend on the spacing
+    not_counted_as_other = speck.copy()
+    not_counted_as_other[0] = True
     for i in np.flatnonzero(compact & ~small):
         sl = objects[i - 1]
         box = tuple(slice(max(0, s.start - p), min(dim, s.stop + p))
                     for s, p, dim in zip(sl, pad, labels.shape))
         sub = labels[box]
-        others = (sub != 0) & (sub != i)
+        others = ~not_counted_as_other[sub] & (sub != i)
         if not others.any():
             isolated[i] = True
             continue

@@ -116,6 +116,29 @@ def test_nodule_touching_pneumonia_is_not_isolated() -> None:
     assert inv.counted.sum() == (nodule | patch).sum()
 
 
+@pytest.mark.parametrize("neighbour_radius_mm, nodule_expected", [(0.0, True), (2.5, False)])
+def test_a_speck_beside_a_nodule_leaves_it_isolated_a_focus_does_not(neighbour_radius_mm,
+                                                                      nodule_expected) -> None:
+    """Found on LIDC-IDRI-0001 at 1.25 mm slices: a 2-voxel mask speck within 10 mm of the
+    21 mm nodule made it pneumonia. A speck (rule 2) does not break isolation; a 5 mm focus
+    at the same place does."""
+    hu, left, right, lobes = _chest()
+    nodule = _ball((40, 80, 140), 8.0)                # 16 mm solid nodule
+    other = np.zeros(SHAPE, bool)
+    other[40, 80, 154] = True                         # one voxel, 6 mm from its surface
+    if neighbour_radius_mm:
+        other = _ball((40, 80, 156.5), neighbour_radius_mm)   # 5 mm focus, same gap
+    assert not (other & nodule).any()
+    hu[nodule] = 30
+    hu[other] = -400
+    inv = classify_lesions(hu, nodule | other, SPACING)
+    kinds = sorted(c.kind for c in inv.excluded)
+    if nodule_expected:
+        assert kinds == ["nodule", "speck"] and not inv.counted.any()
+    else:
+        assert "nodule" not in kinds and inv.counted[nodule].all()
+
+
 def test_isolated_small_focus_is_not_counted_but_one_near_a_patch_is() -> None:
     hu, left, right, lobes = _chest()
     focus = np.zeros(SHAPE, bool)
