@@ -1,4 +1,4 @@
-"""The same lung at three slice spacings: what the default analysis reports for each.
+"""The same lung at other slice spacings and pixel sizes: what the default analysis reports.
 
 A hospital routes whichever reconstruction its protocol sends (1-1.25 mm thin slices, the
 2.5 mm or 5 mm "standard" series), and a patient's serial scans may come with different ones;
@@ -7,7 +7,8 @@ slices, one 21 mm solid nodule, no pneumonia) is analysed as stored, as 5 mm sli
 of each pair of slices: a thicker reconstruction of the same data, SliceThickness 5) and as
 1.25 mm slices (linear interpolation between slices, SliceThickness 1.25: this has the 2.5 mm
 series' resolution along z, so it tests the node's handling of the spacing, not what a real
-thin reconstruction would show). Each is written as DICOM with the source headers and run
+thin reconstruction would show), and in-plane as 768 x 768 (0.47 mm pixels) and 256 x 256
+(1.41 mm pixels) by linear resampling, the field of view unchanged. Each is written as DICOM with the source headers and run
 through node.analysis.analyze_series with the embedded default config (pictures off).
 
 Printed per spacing: lung volume (and its difference from 2.5 mm), each lobe's volume,
@@ -20,6 +21,7 @@ classified as (quant.involvement). A benchmark, not a test: it prints figures.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -45,15 +47,17 @@ def write_variants(out: Path) -> dict[str, Path]:
     headers = sorted((pydicom.dcmread(p) for p in root.glob("*.dcm")),
                      key=lambda d: float(d.ImagePositionPatient[2]))
     stored = np.stack([d.pixel_array for d in headers]).astype(np.float32)
+    dtype = headers[0].pixel_array.dtype
     z0 = float(headers[0].ImagePositionPatient[2])
     dz = (float(headers[-1].ImagePositionPatient[2]) - z0) / (len(headers) - 1)
 
-    def write(name: str, volume: np.ndarray, z: list[float], thickness: float) -> Path:
+    def write(name: str, volume: np.ndarray, z: list[float], thickness: float,
+              pixel_mm: float | None = None) -> Path:
         folder = out / name
         folder.mkdir(parents=True)
         series_uid = generate_uid()
         for k in range(volume.shape[0]):
-            ds = headers[0].copy()
+            ds = copy.deepcopy(headers[0])   # a Dataset's copy() shares its elements
             ds.SeriesInstanceUID = series_uid
             ds.SOPInstanceUID = generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -62,17 +66,29 @@ def write_variants(out: Path) -> dict[str, Path]:
             ds.SliceLocation = round(z[k], 4)
             ds.InstanceNumber = k + 1
             ds.SliceThickness = thickness
-            ds.PixelData = np.rint(volume[k]).astype(headers[0].pixel_array.dtype).tobytes()
+            if pixel_mm is not None:
+                ds.Rows, ds.Columns = volume.shape[1:]
+                ds.PixelSpacing = [round(pixel_mm, 6), round(pixel_mm, 6)]
+            ds.PixelData = np.rint(volume[k]).astype(dtype).tobytes()
             ds.save_as(folder / f"{k:04d}.dcm")
         return folder
 
     pairs = len(headers) // 2
     thick = stored[:2 * pairs].reshape(pairs, 2, *stored.shape[1:]).mean(axis=1)
     thin = ndi.zoom(stored, (2, 1, 1), order=1, grid_mode=True, mode="nearest")
+    pixel = float(headers[0].PixelSpacing[0])
+    zs = [z0 + k * dz for k in range(len(headers))]
+    in_plane = {}
+    for n in (768, 256):
+        f = n / stored.shape[1]
+        resampled = ndi.zoom(stored, (1, f, f), order=1, grid_mode=True, mode="nearest")
+        in_plane[f"{n}x{n}, 2.5 mm"] = write(f"p{n}", resampled, zs, float(headers[0].SliceThickness),
+                                            pixel_mm=pixel / f)
     return {
         "1.25 mm": write("t125", thin, [z0 - dz / 4 + k * dz / 2 for k in range(thin.shape[0])], dz / 2),
         f"{dz:g} mm": root,
         "5 mm": write("t5", thick, [z0 + (2 * k + 0.5) * dz for k in range(pairs)], 2 * dz),
+        **in_plane,
     }
 
 
@@ -106,10 +122,10 @@ def main(argv=None) -> int:
         figures = {label: analyse(folder, Path(tmp) / f"out{i}")
                    for i, (label, folder) in enumerate(variants.items())}
     reference = figures[list(variants)[1]]
-    print("LIDC-IDRI-0001 at three slice spacings, default analysis")
+    print("LIDC-IDRI-0001 at other slice spacings and pixel sizes, default analysis")
     for label, f in figures.items():
         lung_diff = 100 * (f["lung_ml"] / reference["lung_ml"] - 1)
-        print(f"{label:>8s}: {f['slices']} slices, lung {f['lung_ml']:.0f} ml ({lung_diff:+.2f} %), "
+        print(f"{label:>16s}: {f['slices']} slices, lung {f['lung_ml']:.0f} ml ({lung_diff:+.2f} %), "
               f"lesions {f['lesion_ml']:.2f} ml ({f['lesion_pct']:.3f} %), CT score "
               f"{f['ct_score']}, involved lobes {f['involved_lobes']}, nodules {f['nodules_ml']} ml, "
               f"excluded {f['excluded']}")
