@@ -8,8 +8,9 @@ of each pair of slices: a thicker reconstruction of the same data, SliceThicknes
 1.25 mm slices (linear interpolation between slices, SliceThickness 1.25: this has the 2.5 mm
 series' resolution along z, so it tests the node's handling of the spacing, not what a real
 thin reconstruction would show), and in-plane as 768 x 768 (0.47 mm pixels) and 256 x 256
-(1.41 mm pixels) by linear resampling, the field of view unchanged. Each is written as DICOM with the source headers and run
-through node.analysis.analyze_series with the embedded default config (pictures off).
+(1.41 mm pixels) by linear resampling, the field of view unchanged. Each is written as DICOM
+with the source headers and run through node.analysis.analyze_series with the embedded
+default config (pictures off).
 
 Printed per spacing: lung volume (and its difference from 2.5 mm), each lobe's volume,
 lesion volume and percent, CT score, involved lobes, and what the lesion components were

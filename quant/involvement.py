@@ -27,8 +27,9 @@ Rules, in order (sizes in mm, so anisotropic voxels are handled):
    branching patch much less); and no other lesion voxel within ``ISOLATION_MM`` (10 mm) of
    it (pneumonia is multifocal and confluent; a nodule sits alone in aerated lung); specks
    (rule 2) do not count as other lesion here: they are mask noise, and thinner slices give
-   more of them (on LIDC-IDRI-0001 interpolated to 1.25 mm, a 2-voxel speck within 10 mm of its
-   21 mm nodule made the nodule "pneumonia"; plan: segmentation/model_card/candidates/speck_isolation.plan.md). These
+   more of them (on LIDC-IDRI-0001 interpolated to 1.25 mm, a 2-voxel speck within 10 mm
+   of its 21 mm nodule made the nodule "pneumonia"; plan:
+   segmentation/model_card/candidates/speck_isolation.plan.md). These
    are excluded only when there are at most ``MAX_SOLITARY_NODULES`` (4) of them: many
    compact foci are read as multifocal opacities and all count (then a note says so).
 4. ``small_focus``: a focus of any shape whose *cluster* is under
