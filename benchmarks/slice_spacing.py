@@ -22,9 +22,7 @@ classified as (quant.involvement). A benchmark, not a test: it prints figures.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import os
 import sys
 import tempfile
 from collections import Counter
@@ -34,63 +32,37 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-LIDC = "lidc_idri_chest_ct_dicom/LIDC-IDRI-0001_full_series"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 LOBE_KEYS = ("right_upper", "right_middle", "right_lower", "left_upper", "left_lower")
 
 
 def write_variants(out: Path) -> dict[str, Path]:
-    """{label: series folder} for 1.25, 2.5 (the stored files) and 5 mm."""
-    import pydicom
-    from pydicom.uid import generate_uid
+    """{label: series folder} for 1.25, 2.5 (the stored files) and 5 mm slices, and for
+    768 x 768 and 256 x 256 pixels."""
     from scipy import ndimage as ndi
 
-    root = Path(os.environ.get("LUNGNODE_TEST_DATA", REPO.parent / "shared" / "data")) / LIDC
-    headers = sorted((pydicom.dcmread(p) for p in root.glob("*.dcm")),
-                     key=lambda d: float(d.ImagePositionPatient[2]))
+    from stages import lidc_files, lidc_headers, write_series
+
+    headers = lidc_headers()
     stored = np.stack([d.pixel_array for d in headers]).astype(np.float32)
-    dtype = headers[0].pixel_array.dtype
     z0 = float(headers[0].ImagePositionPatient[2])
     dz = (float(headers[-1].ImagePositionPatient[2]) - z0) / (len(headers) - 1)
-
-    def write(name: str, volume: np.ndarray, z: list[float], thickness: float,
-              pixel_mm: float | None = None) -> Path:
-        folder = out / name
-        folder.mkdir(parents=True)
-        series_uid = generate_uid()
-        for k in range(volume.shape[0]):
-            ds = copy.deepcopy(headers[0])   # a Dataset's copy() shares its elements
-            ds.SeriesInstanceUID = series_uid
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1],
-                                       round(z[k], 4)]
-            ds.SliceLocation = round(z[k], 4)
-            ds.InstanceNumber = k + 1
-            ds.SliceThickness = thickness
-            if pixel_mm is not None:
-                ds.Rows, ds.Columns = volume.shape[1:]
-                ds.PixelSpacing = [round(pixel_mm, 6), round(pixel_mm, 6)]
-            ds.PixelData = np.rint(volume[k]).astype(dtype).tobytes()
-            ds.save_as(folder / f"{k:04d}.dcm")
-        return folder
-
     pairs = len(headers) // 2
     thick = stored[:2 * pairs].reshape(pairs, 2, *stored.shape[1:]).mean(axis=1)
     thin = ndi.zoom(stored, (2, 1, 1), order=1, grid_mode=True, mode="nearest")
+    write_series(headers, thin, [z0 - dz / 4 + k * dz / 2 for k in range(thin.shape[0])],
+                 out / "t125", thickness_mm=dz / 2)
+    write_series(headers, thick, [z0 + (2 * k + 0.5) * dz for k in range(pairs)], out / "t5",
+                 thickness_mm=2 * dz)
+    variants = {"1.25 mm": out / "t125", f"{dz:g} mm": lidc_files()[0].parent, "5 mm": out / "t5"}
     pixel = float(headers[0].PixelSpacing[0])
-    zs = [z0 + k * dz for k in range(len(headers))]
-    in_plane = {}
     for n in (768, 256):
         f = n / stored.shape[1]
         resampled = ndi.zoom(stored, (1, f, f), order=1, grid_mode=True, mode="nearest")
-        in_plane[f"{n}x{n}, 2.5 mm"] = write(f"p{n}", resampled, zs, float(headers[0].SliceThickness),
-                                            pixel_mm=pixel / f)
-    return {
-        "1.25 mm": write("t125", thin, [z0 - dz / 4 + k * dz / 2 for k in range(thin.shape[0])], dz / 2),
-        f"{dz:g} mm": root,
-        "5 mm": write("t5", thick, [z0 + (2 * k + 0.5) * dz for k in range(pairs)], 2 * dz),
-        **in_plane,
-    }
+        write_series(headers, resampled, [z0 + k * dz for k in range(len(headers))], out / f"p{n}",
+                     pixel_mm=pixel / f)
+        variants[f"{n}x{n}, {dz:g} mm"] = out / f"p{n}"
+    return variants
 
 
 def analyse(folder: Path, out: Path) -> dict:

@@ -37,37 +37,66 @@ sys.path.insert(0, str(REPO))
 LIDC = "lidc_idri_chest_ct_dicom/LIDC-IDRI-0001_full_series"
 
 
-def series_files(n_slices: int, tmp: Path) -> list[Path]:
+def lidc_files() -> list[Path]:
+    root = Path(os.environ.get("LUNGNODE_TEST_DATA", REPO.parent / "shared" / "data"))
+    return sorted((root / LIDC).glob("*.dcm"))
+
+
+def lidc_headers() -> list:
+    """LIDC-IDRI-0001's datasets (pixels included), sorted by position along z."""
     import pydicom
+
+    return sorted((pydicom.dcmread(p) for p in lidc_files()),
+                  key=lambda d: float(d.ImagePositionPatient[2]))
+
+
+def write_series(headers: list, stored: np.ndarray, z_mm, folder: Path,
+                 thickness_mm: float | None = None, pixel_mm: float | None = None) -> list[Path]:
+    """``stored`` (slices, rows, columns; stored values) as a new DICOM series in ``folder``,
+    each file a copy of headers[0] with its own UIDs, z position ``z_mm[k]`` and instance
+    number; SliceThickness and, with ``pixel_mm``, PixelSpacing / Rows / Columns replaced."""
+    import copy
+
     from pydicom.uid import generate_uid
+
+    dtype = headers[0].pixel_array.dtype
+    series_uid = generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k in range(stored.shape[0]):
+        ds = copy.deepcopy(headers[0])   # a Dataset's copy() shares its elements
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        z = round(float(z_mm[k]), 4)
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z]
+        ds.SliceLocation = z
+        ds.InstanceNumber = k + 1
+        if thickness_mm is not None:
+            ds.SliceThickness = thickness_mm
+        if pixel_mm is not None:
+            ds.Rows, ds.Columns = stored.shape[1:]
+            ds.PixelSpacing = [round(pixel_mm, 6), round(pixel_mm, 6)]
+        ds.PixelData = np.rint(stored[k]).astype(dtype).tobytes()
+        path = folder / f"{k:04d}.dcm"
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+def series_files(n_slices: int, tmp: Path) -> list[Path]:
     from scipy import ndimage as ndi
 
-    root = Path(os.environ.get("LUNGNODE_TEST_DATA", REPO.parent / "shared" / "data"))
-    files = sorted((root / LIDC).glob("*.dcm"))
+    files = lidc_files()
     if n_slices == len(files):
         return files
-    headers = sorted((pydicom.dcmread(p) for p in files), key=lambda d: float(d.ImagePositionPatient[2]))
+    headers = lidc_headers()
     stored = np.stack([d.pixel_array for d in headers]).astype(np.float32)
     z0 = float(headers[0].ImagePositionPatient[2])
     dz = (float(headers[-1].ImagePositionPatient[2]) - z0) / (len(headers) - 1)
     new = ndi.zoom(stored, (n_slices / len(headers), 1, 1), order=1, grid_mode=True, mode="nearest")
     step = dz * len(headers) / n_slices
-    series_uid = generate_uid()
-    out = []
-    for k in range(n_slices):
-        ds = headers[0].copy()
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        z = z0 + k * step
-        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], round(z, 4)]
-        ds.SliceLocation = round(z, 4)
-        ds.InstanceNumber = k + 1
-        ds.PixelData = np.rint(new[k]).astype(headers[0].pixel_array.dtype).tobytes()
-        path = tmp / f"{k:04d}.dcm"
-        ds.save_as(path)
-        out.append(path)
-    return out
+    return write_series(headers, new, [z0 + k * step for k in range(n_slices)], tmp)
 
 
 def run(files: list[Path], engine: str, device: str) -> dict[str, float]:

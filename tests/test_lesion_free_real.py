@@ -19,6 +19,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from node.analysis import segment_configured
+from peers import shared_data_dir
 from node.config import load_settings
 from node.volume import load_series
 from quant.measure import measure
@@ -51,20 +52,29 @@ def test_normal002_scores_zero(shared_data: Path) -> None:
     assert any(n.startswith("hilum: ") and "taken as hilar vessels" in n for n in masks.notes)
 
 
-def test_lidc0001_stays_under_half_a_percent(shared_data: Path) -> None:
-    masks, m = _default_analysis(shared_data / "lidc_idri_chest_ct_dicom" / "LIDC-IDRI-0001_full_series")
+@pytest.fixture(scope="module")
+def lidc0001():
+    """(volume, masks, measurements) of LIDC-IDRI-0001 as stored, analysed once."""
+    root = shared_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"shared test data not found at {root} (set LUNGNODE_TEST_DATA)")
+    volume = _load(root / "lidc_idri_chest_ct_dicom" / "LIDC-IDRI-0001_full_series")
+    return (volume, *_analyse(volume))
+
+
+def test_lidc0001_stays_under_half_a_percent(lidc0001) -> None:
+    _, masks, m = lidc0001
     assert masks.lobes is not None
     assert m.lesion_pct < 0.5
     assert m.ct_score is not None and m.ct_score <= 1
 
 
-def test_lidc0001_at_half_the_slice_spacing_is_the_same_lung(shared_data: Path) -> None:
+def test_lidc0001_at_half_the_slice_spacing_is_the_same_lung(lidc0001) -> None:
     """The same series interpolated to 1.25 mm slices (benchmarks/slice_spacing.py prints the
     whole comparison, 5 mm included): the lung volume within 1 %, the 21 mm solid nodule
     still a nodule (a 2-voxel mask speck within 10 mm of it used to make it pneumonia at
     1.25 mm), the same CT score."""
-    volume = _load(shared_data / "lidc_idri_chest_ct_dicom" / "LIDC-IDRI-0001_full_series")
-    _, native = _analyse(volume)
+    volume, _, native = lidc0001
     hu = ndi.zoom(volume.hu.astype(np.float32), (2, 1, 1), order=1, grid_mode=True, mode="nearest")
     thin = Volume(hu, (volume.spacing_mm[0] / 2, *volume.spacing_mm[1:]), volume.direction,
                   volume.origin_mm)

@@ -95,7 +95,7 @@ def overlay_rgb(hu: np.ndarray, ggo: np.ndarray, consolidation: np.ndarray,
         on_border = border > 0
         if on_border.any():
             label = border[on_border]
-            label = np.where((label >= 0) & (label < 256), label, 0).astype(np.intp)
+            label = np.where(label < 256, label, 0).astype(np.intp)   # > 0 already
             coloured = _IS_LOBE[label]
             pixels = rgb[on_border]
             pixels[coloured] = _LOBE_RGB[label[coloured]]
