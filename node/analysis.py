@@ -76,7 +76,8 @@ def segment_configured(volume: Volume, analysis: AnalysisSettings) -> Masks:
     `lungnode analyze` and `lungnode evaluate slices` run."""
     return segment(volume, engine=analysis.engine, device=analysis.device,
                    lung_engine=analysis.lung_engine, lesion_margin=analysis.lesion_margin,
-                   hilar_filter=analysis.hilar_filter, lung_completion=analysis.lung_completion)
+                   hilar_filter=analysis.hilar_filter, hilar_vessel_trees=analysis.hilar_vessel_trees,
+                   lung_completion=analysis.lung_completion)
 
 def analyze_series(
     paths: Sequence[Path],

@@ -115,6 +115,7 @@ class AnalysisSettings(_Strict):
     lung_engine: Literal["net", "classical"] = "net"
     lesion_margin: bool = False
     hilar_filter: bool = True
+    hilar_vessel_trees: bool = False
     lung_completion: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ggo_min_hu: float = -750.0
@@ -299,6 +300,27 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping (plain YAML keeps the
+    last one silently, so an edited config would run on a value nobody meant)."""
+
+
+def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark,
+                f"key {key!r} appears twice (first on line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _mapping_without_duplicates)
+
+
 def load_settings(path: Path | None = None, overrides: dict | None = None) -> Settings:
     """Read, merge overrides into and validate a config file.
 
@@ -309,7 +331,7 @@ def load_settings(path: Path | None = None, overrides: dict | None = None) -> Se
     embedded = path is None
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        raw = yaml.load(config_path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {config_path}") from exc
     except yaml.YAMLError as exc:

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from segmentation.hilum import drop_hilar_components
+from segmentation.hilum import VESSEL_TREE_ZONE_FRACTION, drop_hilar_components
 from segmentation.lung_completion import complete_lungs
 from segmentation.lesions_threshold import segment_lesions_threshold
 from segmentation.lobes import segment_lobes
@@ -61,7 +61,7 @@ COMPLETION_MIN_CONTACT = 0.15
 
 def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
             lung_engine: str = "net", lesion_margin: bool = False, hilar_filter: bool = True,
-            lung_completion: bool = False) -> Masks:
+            lung_completion: bool = False, hilar_vessel_trees: bool = False) -> Masks:
     """Segment lungs (left/right) and lesions of ``volume``.
 
     lung_engine: "net" (LungNet, segmentation.lung_engine; weights shipped in
@@ -77,6 +77,11 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
     hilar_filter: take out lesion components that are hilar vessels (dense, mostly within
         15 mm of the central bronchi of the traced airway tree; segmentation.hilum). Needs
         the airway tree (slices up to 3 mm); otherwise a note says it was not applied.
+    hilar_vessel_trees: with the hilar filter, also take out dense components that reach the
+        hilar zone (20% or more) and whose dense part is nowhere thicker than a lobar artery
+        (segmentation.hilum, "vessel tree"). Off by default: it raises the COVID-CT-MD slice
+        specificity but failed its decision rule on sensitivity
+        (segmentation/model_card/candidates/vessel_shape.plan.md).
     lung_completion: with "unet", add to the lungs the lesion model's components outside the
         lung mask that touch it: the airless lung a lung mask leaves out
         (segmentation.lung_completion). A component joins only if at least
@@ -126,7 +131,9 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
     if hilar_filter and lobes.hilum is None:
         notes.append("hilum: no airway tree traced, hilar vessels were not told apart from lesions")
     elif hilar_filter:
-        hilar = drop_hilar_components(volume.hu, lesion, lobes.hilum, volume.spacing_mm)
+        hilar = drop_hilar_components(
+            volume.hu, lesion, lobes.hilum, volume.spacing_mm,
+            tree_fraction=VESSEL_TREE_ZONE_FRACTION if hilar_vessel_trees else None)
         lesion = hilar.lesion
         if hilar.n_components:
             notes.append(f"hilum: {hilar.n_components} dense lesion component(s) around the central "

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segmentation.hilum import HILUM_RADIUS_MM, drop_hilar_components, hilar_zone
+from segmentation.hilum import (HILUM_RADIUS_MM, VESSEL_TREE_ZONE_FRACTION, drop_hilar_components,
+                                hilar_zone)
 
 SPACING = (2.0, 1.0, 1.0)
 SHAPE = (40, 120, 120)
@@ -93,3 +94,87 @@ def test_hilar_zone_in_boxes_is_the_whole_grid_zone(edge):
     expected = ndi.distance_transform_edt(~central, sampling=spacing) <= HILUM_RADIUS_MM
     np.testing.assert_array_equal(hilar_zone(airway, spacing), expected)
     assert not hilar_zone(np.zeros((5, 6, 7), bool), spacing).any()
+
+
+TREE = VESSEL_TREE_ZONE_FRACTION   # the vessel-tree rule (analysis.hilar_vessel_trees)
+
+
+def _vessel_tree_case(mask_radius_mm: float = 3.5):
+    """A central bronchus and an artery that leaves the hilum laterally: a 3 mm thick vessel
+    sheet (a row of cranio-caudal vessels, as the segmental branches fan out) from beside the
+    bronchus 45 mm out into the lung, wrapped by a lesion mask a little wider than the vessel
+    (as the lesion model draws it)."""
+    airway = _bronchus(4.0)
+    _, y, x = _grid()
+    r = np.abs(y - 60.0)
+    axis = (x >= 46.0) & (x <= 91.0)
+    vessel = axis & (r <= 3.0)
+    mask = axis & (r <= mask_radius_mm)
+    hu = np.full(SHAPE, -850.0)
+    hu[vessel] = 35.0
+    return airway, hu, mask
+
+
+def test_a_vessel_tree_leaving_the_hilum_is_removed_by_its_shape() -> None:
+    from segmentation.hilum import HILUM_FRACTION
+
+    airway, hu, vessel = _vessel_tree_case()
+    zone = hilar_zone(airway, SPACING)
+    in_zone = zone[vessel].mean()
+    # outside the first rule's reach, inside the vessel-tree rule's
+    assert VESSEL_TREE_ZONE_FRACTION <= in_zone < HILUM_FRACTION
+    assert hu[vessel].mean() >= -350.0
+    out = drop_hilar_components(hu, vessel, zone, SPACING, tree_fraction=TREE)
+    assert out.n_components == 1 and not out.lesion.any()
+    # the first rule alone (the default, analysis.hilar_vessel_trees: false) keeps it
+    kept = drop_hilar_components(hu, vessel, zone, SPACING)
+    assert kept.n_components == 0 and (kept.lesion == vessel).all()
+
+
+def test_a_thick_consolidation_partly_in_the_hilar_zone_stays() -> None:
+    from segmentation.hilum import HILUM_FRACTION
+
+    airway = _bronchus(4.0)
+    _, y, x = _grid()
+    # a segmental consolidation 24 mm thick from the bronchus 30 mm out: a third in the zone
+    consolidation = (np.abs(y - 60.0) <= 12.0) & (x >= 46.0) & (x <= 76.0)
+    hu = np.full(SHAPE, -850.0)
+    hu[consolidation] = 20.0
+    zone = hilar_zone(airway, SPACING)
+    assert VESSEL_TREE_ZONE_FRACTION <= zone[consolidation].mean() < HILUM_FRACTION
+    out = drop_hilar_components(hu, consolidation, zone, SPACING, tree_fraction=TREE)
+    assert out.n_components == 0 and (out.lesion == consolidation).all()
+
+
+def test_a_thin_dense_band_away_from_the_hilum_stays() -> None:
+    airway = _bronchus(4.0)
+    _, y, x = _grid()
+    band = (np.abs(y - 60.0) <= 2.0) & (x >= 80.0) & (x <= 115.0)   # 35-75 mm from the bronchus
+    hu = np.full(SHAPE, -850.0)
+    hu[band] = 10.0
+    out = drop_hilar_components(hu, band, hilar_zone(airway, SPACING), SPACING,
+                                tree_fraction=TREE)
+    assert out.n_components == 0 and (out.lesion == band).all()
+
+
+def test_the_dense_part_decides_not_the_mask_around_it() -> None:
+    """A vessel tree whose mask is drawn wide (8 mm around a 3 mm vessel) is still a tube:
+    its dense part is thin; only the mean density can keep it (then it is ground glass)."""
+    from segmentation.hilum import VESSEL_MAX_RADIUS_MM
+
+    airway, hu, mask = _vessel_tree_case(mask_radius_mm=5.0)
+    zone = hilar_zone(airway, SPACING)
+    assert hu[mask].mean() >= -350.0
+    out = drop_hilar_components(hu, mask, zone, SPACING, tree_fraction=TREE)
+    assert out.n_components == 1
+    # widened and filled dense out in the lung: thicker than a vessel, it stays
+    hu_filled = hu.copy()
+    thick_airway, thick_mask = airway, mask.copy()
+    _, y, x = _grid()
+    thick_mask |= (np.abs(y - 60.0) <= 8.0) & (x >= 46.0) & (x <= 76.0)
+    hu_filled[thick_mask] = 35.0
+    zone = hilar_zone(thick_airway, SPACING)
+    assert zone[thick_mask].mean() >= 0.2   # the zone rule alone would not keep it
+    assert 8.0 > VESSEL_MAX_RADIUS_MM       # the dense part's inscribed radius is 8-9 mm
+    out = drop_hilar_components(hu_filled, thick_mask, zone, SPACING, tree_fraction=TREE)
+    assert out.n_components == 0

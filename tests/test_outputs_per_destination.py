@@ -99,3 +99,19 @@ def test_each_destination_gets_only_its_outputs(tmp_path) -> None:
             assert other.files() == []
         finally:
             node.stop()
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path) -> None:
+    """Plain YAML keeps the last of two equal keys silently; an edited config must not run
+    on a value nobody meant (found writing config.yaml itself)."""
+    with pytest.raises(ConfigError, match=r"key 'engine' appears twice \(first on line 2\)"):
+        _config(tmp_path, "analysis:\n  engine: unet\n  hilar_filter: true\n  engine: threshold\n")
+    with pytest.raises(ConfigError, match=r"key 'node' appears twice"):
+        _config(tmp_path, "node: {ae_title: A}\nnode: {ae_title: B}\n")
+
+
+def test_the_shipped_config_has_no_key_twice() -> None:
+    from node.config import DEFAULT_CONFIG_PATH
+
+    settings = load_settings(None)   # would raise on a repeated key
+    assert DEFAULT_CONFIG_PATH.is_file() and settings.analysis.hilar_vessel_trees is False
