@@ -188,6 +188,22 @@ def test_clean_chest_has_no_quality_findings() -> None:
     assert assess(hu, left, right, lesion, SPACING) == []
 
 
+def test_thick_slices_are_flagged_for_the_whole_series() -> None:
+    """Slices more than 3 mm apart: no airway tree, so geometric lobes, no hilar filter and
+    unreadable nodule shapes (benchmarks/slice_spacing.py); the flag says the scores are
+    likely too high. At 3 mm (the lobe stage still traces the tree) nothing is raised."""
+    hu, left, right, _ = _chest()
+    lesion = _ball((40, 80, 60), 10.0)
+    assert assess(hu, left, right, lesion, (3.0, 1.0, 1.0)) == []
+    findings = assess(hu, left, right, lesion, (5.0, 1.0, 1.0))
+    assert _codes(findings) == {(QualityCode.THICK_SLICES, "lungs")}
+    assert findings[0].value == 5.0 and findings[0].threshold == 3.0
+    assert "likely too high" in findings[0].message
+    # no lungs, nothing measured: no flag about how it was measured
+    empty = np.zeros(SHAPE, bool)
+    assert assess(hu, empty, empty, empty, (5.0, 1.0, 1.0)) == []
+
+
 def test_dense_lung_is_flagged() -> None:
     hu, left, right, _ = _chest()
     # 70% of the right lung dense, at consolidation density below fluid (-100 HU)
