@@ -77,6 +77,7 @@ def segment_configured(volume: Volume, analysis: AnalysisSettings) -> Masks:
     return segment(volume, engine=analysis.engine, device=analysis.device,
                    lung_engine=analysis.lung_engine, lesion_margin=analysis.lesion_margin,
                    hilar_filter=analysis.hilar_filter, hilar_vessel_trees=analysis.hilar_vessel_trees,
+                   harmonize_kernel=analysis.harmonize_kernel,
                    lung_completion=analysis.lung_completion)
 
 def analyze_series(

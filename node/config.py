@@ -116,6 +116,7 @@ class AnalysisSettings(_Strict):
     lesion_margin: bool = False
     hilar_filter: bool = True
     hilar_vessel_trees: bool = False
+    harmonize_kernel: bool = False
     lung_completion: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ggo_min_hu: float = -750.0

@@ -61,7 +61,8 @@ COMPLETION_MIN_CONTACT = 0.15
 
 def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
             lung_engine: str = "net", lesion_margin: bool = False, hilar_filter: bool = True,
-            lung_completion: bool = False, hilar_vessel_trees: bool = False) -> Masks:
+            lung_completion: bool = False, hilar_vessel_trees: bool = False,
+            harmonize_kernel: bool = False) -> Masks:
     """Segment lungs (left/right) and lesions of ``volume``.
 
     lung_engine: "net" (LungNet, segmentation.lung_engine; weights shipped in
@@ -82,6 +83,12 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
         (segmentation.hilum, "vessel tree"). Off by default: it raises the COVID-CT-MD slice
         specificity but failed its decision rule on sensitivity
         (segmentation/model_card/candidates/vessel_shape.plan.md).
+    harmonize_kernel: with "unet", when the aerated lung is noisier than any series the
+        networks know (a sharp, lung-kernel reconstruction), give the lesion network the image
+        smoothed in-plane to that noise (segmentation.harmonize); lungs, lobes and HU
+        measures keep the stored HU. A note says when it was done. Off by default: on
+        simulated sharp kernels it brings the lesion % back most of the way but failed its
+        decision rule (segmentation/model_card/candidates/sharp_kernel.plan.md).
     lung_completion: with "unet", add to the lungs the lesion model's components outside the
         lung mask that touch it: the airless lung a lung mask leaves out
         (segmentation.lung_completion). A component joins only if at least
@@ -99,11 +106,25 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
     else:
         lungs = segment_lungs(volume)
     lung = lungs.left | lungs.right
-    notes_completion: list[str] = []
+    notes_lesion_stage: list[str] = []
     if engine == "unet":
         from segmentation.unet_engine import get_engine
 
-        prob, box = get_engine(None, device).predict_proba(volume, lung)
+        lesion_input = volume
+        if harmonize_kernel:
+            from segmentation.harmonize import NOISE_REFERENCE_HU, harmonize_for_lesions
+
+            harmonized = harmonize_for_lesions(volume.hu, lung)
+            if harmonized.smoothed:
+                lesion_input = replace(volume, hu=harmonized.hu)
+                notes_lesion_stage.append(
+                    f"sharp kernel: aerated-lung noise {harmonized.noise_hu:.0f} HU (> "
+                    f"{NOISE_REFERENCE_HU:g} HU, the noisiest series the lesion model knows); its "
+                    f"input was smoothed in-plane (Gaussian {harmonized.sigma_px:g} px) to "
+                    f"{harmonized.noise_after_hu:.0f} HU; HU measures use the stored image")
+            del harmonized
+        prob, box = get_engine(None, device).predict_proba(lesion_input, lung)
+        del lesion_input
         lesion = np.zeros(lung.shape, bool)
         if prob.size:
             lesion[box] = prob >= 0.5
@@ -114,7 +135,7 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
             if done.n_components:
                 lungs = replace(lungs, right=done.right, left=done.left)
                 lung = lungs.left | lungs.right
-                notes_completion.append(
+                notes_lesion_stage.append(
                     f"lung completion: {done.n_components} dense component(s) next to the lung mask "
                     f"({done.added_ml:.0f} ml) called lesion by the lesion model were added to the lung")
         lesion &= lung
@@ -127,7 +148,7 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
     lesion = lesion & lung
     lobes = segment_lobes(volume, lungs.left, lungs.right)
     low = sorted(key for key, level in lobes.confidence.items() if level != "high")
-    notes = list(lungs.notes) + notes_completion + [f"lobes: {note}" for note in lobes.notes]
+    notes = list(lungs.notes) + notes_lesion_stage + [f"lobes: {note}" for note in lobes.notes]
     if hilar_filter and lobes.hilum is None:
         notes.append("hilum: no airway tree traced, hilar vessels were not told apart from lesions")
     elif hilar_filter:
