@@ -204,6 +204,21 @@ def test_thick_slices_are_flagged_for_the_whole_series() -> None:
     assert assess(hu, empty, empty, empty, (5.0, 1.0, 1.0)) == []
 
 
+def test_a_sharp_kernel_is_flagged_for_the_whole_series() -> None:
+    """Aerated-lung noise above 30 HU (every series here, soft or standard kernels, measures
+    13.5-26.3 HU; the phantom 24 HU): a lung-kernel reconstruction, on which the lesion model
+    over-calls (benchmarks/sharp_kernel.py)."""
+    hu, left, right, _ = _chest()
+    lesion = np.zeros(SHAPE, bool)
+    rng = np.random.default_rng(0)
+    soft = hu + rng.standard_normal(SHAPE) * 20.0
+    assert assess(soft, left, right, lesion, SPACING) == []
+    sharp = hu + rng.standard_normal(SHAPE) * 70.0
+    findings = assess(sharp, left, right, lesion, SPACING)
+    assert _codes(findings) == {(QualityCode.SHARP_KERNEL, "lungs")}
+    assert findings[0].value == pytest.approx(70.0, rel=0.15) and findings[0].threshold == 30.0
+
+
 def test_dense_lung_is_flagged() -> None:
     hu, left, right, _ = _chest()
     # 70% of the right lung dense, at consolidation density below fluid (-100 HU)
