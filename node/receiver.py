@@ -531,6 +531,9 @@ class Receiver:
             (evt.EVT_C_STORE, handle_store, [self.ctx]),
             (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
             (evt.EVT_CONN_CLOSE, self.ctx.assoc_log.on_close),
+            (evt.EVT_RELEASED, self.ctx.assoc_log.on_end),
+            (evt.EVT_ABORTED, self.ctx.assoc_log.on_end),
+            (evt.EVT_REJECTED, self.ctx.assoc_log.on_end),
             (evt.EVT_FSM_TRANSITION, _closed_before_request),
         ]
         net = self.settings.network

@@ -49,10 +49,10 @@ Per series (region ``lungs``):
   LIDC-IDRI-0001 averaged to 5 mm scores 3, as stored at 2.5 mm 1; COVID-CT-MD averaged to
   4 mm: slice specificity 0.688 against 0.799 at 2 mm, pneumonia components). The value is
   the slice spacing.
-* ``sharp_kernel``: the aerated lung's high-frequency noise (segmentation.harmonize
+* ``high_noise``: the aerated lung's high-frequency noise (segmentation.harmonize
   .lung_noise_hu) is above ``NOISE_REFERENCE_HU`` (30 HU; every series the networks were made
   and checked on, all soft or standard kernels, measures 13.5-26.3 HU): a sharp, lung-kernel
-  reconstruction. On the same scans simulated as sharp kernels (benchmarks/sharp_kernel.py)
+  reconstruction or a low-dose scan (the flag measures the noise, not its cause). On the same scans simulated as sharp kernels (benchmarks/sharp_kernel.py)
   the lesion network calls the edge-enhanced vessels consolidation and lesion-free lungs
   score 1-3 points high (less with ``analysis.harmonize_kernel``). The value is the noise.
 """
@@ -89,7 +89,7 @@ class QualityCode(str, Enum):
     SMALL_LUNG_FOR_BODY = "small_lung_for_body"
     FLUID_IN_LUNG = "fluid_in_lung"
     THICK_SLICES = "thick_slices"
-    SHARP_KERNEL = "sharp_kernel"
+    HIGH_NOISE = "high_noise"
 
 
 @dataclass(frozen=True)
@@ -190,11 +190,11 @@ def assess(hu: np.ndarray, lung_left: np.ndarray, lung_right: np.ndarray, lesion
     noise = lung_noise_hu(hu, lung) if lung.any() else None
     if noise is not None and noise > NOISE_REFERENCE_HU:
         findings.append(QualityFinding(
-            QualityCode.SHARP_KERNEL, "lungs", round(noise, 1), NOISE_REFERENCE_HU,
+            QualityCode.HIGH_NOISE, "lungs", round(noise, 1), NOISE_REFERENCE_HU,
             f"aerated-lung noise {noise:.0f} HU (> {NOISE_REFERENCE_HU:g} HU, the noisiest series "
-            "the lesion model was made on): a sharp reconstruction kernel; vessels may be called "
-            "lesion and the scores may be too high (a soft-kernel reconstruction of the same scan, "
-            "if there is one, gives the reliable figures)"))
+            "the lesion model was made on): a sharp reconstruction kernel or a low dose; vessels "
+            "and noise may be called lesion and the scores may be too high (a soft-kernel "
+            "reconstruction of the same scan, if there is one, gives the reliable figures)"))
     body_ml = body_volume_ml(hu, lung, spacing_mm) if lung.any() else 0.0
     expected_lung_ml = EXPECTED_LUNG_FRACTION * body_ml
     fluid = largest_fluid_ml(hu, {"left_lung": lung_left, "right_lung": lung_right}, spacing_mm)

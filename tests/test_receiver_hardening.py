@@ -199,3 +199,68 @@ def test_one_log_line_per_association_without_phi(receiver, tmp_path, caplog):
     assert "released: 3 instance(s) stored, 0 refused, 1 series" in line
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "DOE" not in text and "PID-31337" not in text
+
+
+class _Peer:
+    ae_title, address, port = "CTSCANNER", "127.0.0.1", 40000
+
+
+class _Assoc:
+    """What AssociationLog reads of a pynetdicom Association (the flags its thread sets)."""
+
+    def __init__(self) -> None:
+        self.requestor = _Peer()
+        self.is_released = self.is_rejected = self.is_aborted = False
+
+
+class _Event:
+    def __init__(self, assoc) -> None:
+        self.assoc = assoc
+
+
+def test_a_release_marked_after_the_connection_closed_is_logged_released(caplog, monkeypatch):
+    """The race seen in CI: the peer closes the socket on the A-RELEASE-RP before the
+    association's thread marks it released; the line must still say "released"."""
+    import threading
+    import time
+
+    from node import association_log
+    from node.association_log import AssociationLog
+
+    monkeypatch.setattr(association_log, "OUTCOME_WAIT_S", 5.0)
+    log, assoc = AssociationLog(), _Assoc()
+    log.stored(assoc, "1.2.3", ok=True)
+
+    def release_later():
+        time.sleep(0.2)
+        assoc.is_released = True
+        log.on_end(_Event(assoc))
+
+    thread = threading.Thread(target=release_later)
+    with caplog.at_level(logging.INFO, logger="node.association_log"):
+        thread.start()
+        started = time.monotonic()
+        log.on_close(_Event(assoc))
+        waited = time.monotonic() - started
+        thread.join()
+    lines = [r.getMessage() for r in caplog.records if r.name == "node.association_log"]
+    assert lines == ["association from CTSCANNER at 127.0.0.1:40000 released: 1 instance(s) "
+                     "stored, 0 refused, 1 series"]
+    assert waited < 4.0          # woken by the end mark, not by the time-out
+    assert not log._counts and not len(log._ended)
+
+
+def test_a_connection_dropped_without_release_is_logged_closed(caplog, monkeypatch):
+    from node import association_log
+    from node.association_log import AssociationLog
+
+    monkeypatch.setattr(association_log, "OUTCOME_WAIT_S", 0.05)
+    log, assoc = AssociationLog(), _Assoc()
+    with caplog.at_level(logging.INFO, logger="node.association_log"):
+        log.on_close(_Event(assoc))
+        # an association that had already ended is logged at once, with no wait
+        done = _Assoc()
+        done.is_aborted = True
+        log.on_close(_Event(done))
+    lines = [r.getMessage() for r in caplog.records if r.name == "node.association_log"]
+    assert [line.split(" at 127.0.0.1:40000 ")[1].split(":")[0] for line in lines] == ["closed", "aborted"]
