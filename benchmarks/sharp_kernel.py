@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                 masks = segment_configured(vv, a)
                 q = measure(vv, masks, a.ggo_min_hu, a.consolidation_min_hu, a.lobe_involvement_floor_pct)
                 noise = lung_noise_hu(hu, masks.lung)
-                note = next((n.split(";")[0] for n in masks.notes if n.startswith("sharp kernel")), "-")
+                note = next((n.split(";")[0] for n in masks.notes if n.startswith("high noise")), "-")
                 row = [name, variant, "on" if on else "off", f"{q.lung_volume_ml:.0f}",
                        f"{q.lesion_pct:.3f}", f"{q.ggo_volume_ml:.1f}", f"{q.consolidation_volume_ml:.1f}",
                        str(q.ct_score), f"{noise:.1f}" if noise is not None else "-", note]

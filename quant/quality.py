@@ -52,9 +52,10 @@ Per series (region ``lungs``):
 * ``high_noise``: the aerated lung's high-frequency noise (segmentation.harmonize
   .lung_noise_hu) is above ``NOISE_REFERENCE_HU`` (30 HU; every series the networks were made
   and checked on, all soft or standard kernels, measures 13.5-26.3 HU): a sharp, lung-kernel
-  reconstruction or a low-dose scan (the flag measures the noise, not its cause). On the same scans simulated as sharp kernels (benchmarks/sharp_kernel.py)
-  the lesion network calls the edge-enhanced vessels consolidation and lesion-free lungs
-  score 1-3 points high (less with ``analysis.harmonize_kernel``). The value is the noise.
+  reconstruction or a low-dose scan (the flag measures the noise, not its cause). On the same
+  scans simulated as sharp kernels (benchmarks/sharp_kernel.py) the lesion network calls the
+  edge-enhanced vessels consolidation and lesion-free lungs score 1-3 points high (less with
+  ``analysis.harmonize_kernel``). The value is the noise.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def segment(volume: Volume, engine: str = "threshold", device: str = "auto",
             if harmonized.smoothed:
                 lesion_input = replace(volume, hu=harmonized.hu)
                 notes_lesion_stage.append(
-                    f"sharp kernel: aerated-lung noise {harmonized.noise_hu:.0f} HU (> "
+                    f"high noise: aerated-lung noise {harmonized.noise_hu:.0f} HU (> "
                     f"{NOISE_REFERENCE_HU:g} HU, the noisiest series the lesion model knows); its "
                     f"input was smoothed in-plane (Gaussian {harmonized.sigma_px:g} px) to "
                     f"{harmonized.noise_after_hu:.0f} HU; HU measures use the stored image")

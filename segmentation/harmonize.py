@@ -2,15 +2,15 @@
 
 Every series the networks were trained or checked on is a soft or standard reconstruction
 (GE STANDARD, Siemens B41s / D40s): the high-frequency noise of their aerated lung
-(``lung_noise_hu``) is 14-26 HU. A lung-kernel reconstruction (GE LUNG / BONE, Siemens
+(``lung_noise_hu``) is 13.5-26.3 HU. A lung-kernel reconstruction (GE LUNG / BONE, Siemens
 B60-B70), which a PACS often routes because it is the thin one, has several times that noise
 and an overshoot at every vessel edge; on such images (simulated on the real series,
 benchmarks/sharp_kernel.py) the lesion network calls the edge-enhanced vessels consolidation
 and a lesion-free lung scores 1-4 instead of 0-1.
 
 ``harmonize_for_lesions`` (the node's ``analysis.harmonize_kernel``, off by default: it failed
-one clause of its decision rule, see the plan named below): when the noise is above ``NOISE_REFERENCE_HU`` (30 HU, above
-every series here), the smallest in-plane Gaussian (steps of ``SIGMA_STEP_PX`` pixels, up to
+one clause of its decision rule, see the plan named below): when the noise is above
+``NOISE_REFERENCE_HU`` (30 HU, above every series here), the smallest in-plane Gaussian (steps of ``SIGMA_STEP_PX`` pixels, up to
 ``MAX_SIGMA_PX``) that brings it to the reference is applied, to the lesion network's input
 only: lungs, lobes, the GGO / consolidation split and every HU measure keep the stored HU
 (their thresholds are the study's, on the stored image). Plan, decision rule and figures:

@@ -19,10 +19,10 @@ out of the lesion mask, when both
 
 A second rule (``vessel tree``, off by default: the node's ``analysis.hilar_vessel_trees``;
 it failed its decision rule on sensitivity, see the plan named below) takes out what the first
-cannot: the lesion model's mask
-wrapped around the segmental and subsegmental arteries, veins and bronchial walls that run out
-from a hilum reaches well beyond 15 mm of the central bronchi (on cap002 two such trees of 12
-and 15 ml, 44% and 59% in the zone). A vessel is a tube, so a component is also hilar when
+cannot: the lesion model's mask wrapped around the segmental and subsegmental arteries, veins
+and bronchial walls that run out from a hilum reaches well beyond 15 mm of the central bronchi
+(on cap002 two such trees of 12 and 15 ml, 44% and 59% in the zone). A vessel is a tube, so a
+component is also hilar when
 
 - at least ``VESSEL_TREE_ZONE_FRACTION`` (20%) of its voxels lie in the hilar zone (it starts
   at the hilum), its mean density is at least ``HILUM_SOLID_HU``, and
@@ -34,10 +34,11 @@ and 15 ml, 44% and 59% in the zone). A vessel is a tube, so a component is also 
 Pneumonia that reaches the hilum from the lung (a lobar or segmental consolidation, a
 confluent patch) extends well beyond 15 mm of the bronchi, so most of it lies outside the zone,
 and its airless part is a filled airspace tens of millimetres thick, so the component stays
-whole. Plan, decision rule and figures: segmentation/model_card/candidates/vessel_shape.plan.md. What the rule gives up: a solid pneumonic focus that lies
-mostly within 15 mm of a segmental or larger bronchus (peribronchial consolidation of the
-central lung) is left out; COVID-19 is predominantly peripheral, so this is rare for the disease
-the node scores, less so for bronchopneumonia. The parameters were set from anatomy (the size
+whole (vessel-tree plan, decision rule and figures:
+segmentation/model_card/candidates/vessel_shape.plan.md). What the rules give up: a solid
+pneumonic focus that lies mostly within 15 mm of a segmental or larger bronchus (peribronchial
+consolidation of the central lung) is left out; COVID-19 is predominantly peripheral, so this
+is rare for the disease the node scores, less so for bronchopneumonia. The parameters were set from anatomy (the size
 of hilar vessels, the study's density split), not fitted to any figure; the model card says
 what they do on the evaluation series.
 

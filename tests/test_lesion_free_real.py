@@ -119,20 +119,20 @@ def test_lidc0001_as_a_sharp_kernel_with_harmonize_kernel(lidc0001) -> None:
     lung kernel (benchmarks/sharp_kernel.py) the lesion network's input is smoothed, a note
     says so, and the false lesion volume falls (0.93 % -> 0.34 % when measured)."""
     volume, native_masks, _ = lidc0001
-    assert not any(n.startswith("sharp kernel") for n in native_masks.notes)
+    assert not any(n.startswith("high noise") for n in native_masks.notes)
     sharp = Volume(_simulated_sharp_kernel(volume.hu, 1.5, 100.0), volume.spacing_mm,
                    volume.direction, volume.origin_mm)
     a = load_settings(None, None).analysis
     assert a.harmonize_kernel is False
     off = segment_configured(sharp, a)
     on = segment_configured(sharp, a.model_copy(update={"harmonize_kernel": True}))
-    notes = [n for n in on.notes if n.startswith("sharp kernel: aerated-lung noise")]
+    notes = [n for n in on.notes if n.startswith("high noise: aerated-lung noise")]
     assert len(notes) == 1 and "smoothed in-plane" in notes[0]
-    assert not any(n.startswith("sharp kernel") for n in off.notes)
+    assert not any(n.startswith("high noise") for n in off.notes)
     assert on.lesion.sum() < 0.6 * off.lesion.sum()
     # lungs are drawn on the stored HU either way
     np.testing.assert_array_equal(on.lung, off.lung)
-    # and the analysis says it is a sharp kernel, on or off; the stored series is not flagged
+    # and the analysis says the image is noisy, on or off; the stored series is not flagged
     m = measure(sharp, off, a.ggo_min_hu, a.consolidation_min_hu, a.lobe_involvement_floor_pct)
     assert [f.code.value for f in m.quality_findings if f.region == "lungs"] == ["high_noise"]
     assert not any(f.code.value == "high_noise" for f in lidc0001[2].quality_findings)
