@@ -9,10 +9,11 @@ How it ended is known only once the association's own thread has said so, and th
 close the connection first: pynetdicom's association thread sends the A-RELEASE-RP and then
 marks the association released, while the peer, having the RP, closes the socket, and the
 connection's thread reports the close (seen in CI: a released association logged as
-"closed"). So ``on_end`` (subscribed to ``EVT_RELEASED``, ``EVT_ABORTED`` and
-``EVT_REJECTED``) marks the end, and ``on_close`` waits for that mark up to
-``OUTCOME_WAIT_S`` when the association does not yet say how it ended; a connection dropped
-without release or abort waits that long once and is logged "closed".
+"closed"). So the line is written by whichever comes last of the close (``on_close``) and
+the end (``on_end``, subscribed to ``EVT_RELEASED``, ``EVT_ABORTED`` and ``EVT_REJECTED``);
+a connection that closes without either is written ``OUTCOME_WAIT_S`` later as "closed" (by
+a timer: no pynetdicom thread is held), and ``flush`` writes what is still waiting when the
+receiver stops.
 """
 
 from __future__ import annotations
@@ -37,16 +38,9 @@ class AssociationLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[int, _Counts] = {}
-        # by the association itself, weakly: a late end mark leaves nothing behind
-        self._ended: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def _end_mark(self, assoc) -> threading.Event:
-        with self._lock:
-            return self._ended.setdefault(assoc, threading.Event())
-
-    def on_end(self, event) -> None:
-        """EVT_RELEASED / EVT_ABORTED / EVT_REJECTED: the association knows how it ended."""
-        self._end_mark(event.assoc).set()
+        # by the association itself, weakly, so nothing is left behind whatever comes last
+        self._ended: weakref.WeakSet = weakref.WeakSet()      # ended, connection still open
+        self._pending: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # closed, end unknown
 
     def stored(self, assoc, series_uid: str | None, ok: bool) -> None:
         with self._lock:
@@ -58,14 +52,52 @@ class AssociationLog:
             else:
                 counts.refused += 1
 
-    def on_close(self, event) -> None:
+    def on_end(self, event) -> None:
+        """EVT_RELEASED / EVT_ABORTED / EVT_REJECTED: the association knows how it ended."""
         assoc = event.assoc
-        ended = self._end_mark(assoc)
-        if not (assoc.is_released or assoc.is_rejected or assoc.is_aborted):
-            ended.wait(OUTCOME_WAIT_S)
+        with self._lock:
+            timer = self._pending.pop(assoc, None)
+            if timer is None:          # the connection is still open: its close writes the line
+                self._ended.add(assoc)
+                return
+        timer.cancel()
+        self._write(assoc)
+
+    def on_close(self, event) -> None:
+        """EVT_CONN_CLOSE: write the line now if the association has said how it ended, else
+        when it does, or after OUTCOME_WAIT_S (then "closed"). Never blocks the caller."""
+        assoc = event.assoc
+        with self._lock:
+            known = (assoc in self._ended or assoc.is_released or assoc.is_rejected
+                     or assoc.is_aborted)
+            self._ended.discard(assoc)
+            if not known:
+                timer = threading.Timer(OUTCOME_WAIT_S, self._late, args=(assoc,))
+                timer.daemon = True
+                self._pending[assoc] = timer
+        if known:
+            self._write(assoc)
+        else:
+            timer.start()
+
+    def flush(self) -> None:
+        """Write the lines still waiting for an outcome (the receiver is stopping)."""
+        with self._lock:
+            waiting = list(self._pending.items())
+            self._pending.clear()
+        for assoc, timer in waiting:
+            timer.cancel()
+            self._write(assoc)
+
+    def _late(self, assoc) -> None:
+        with self._lock:
+            if self._pending.pop(assoc, None) is None:
+                return
+        self._write(assoc)
+
+    def _write(self, assoc) -> None:
         with self._lock:
             counts = self._counts.pop(id(assoc), _Counts())
-            self._ended.pop(assoc, None)
         ae = str(assoc.requestor.ae_title or "").strip() or "(no association)"
         try:
             address = f"{assoc.requestor.address}:{assoc.requestor.port}"

@@ -563,3 +563,4 @@ class Receiver:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self.ctx.assoc_log.flush()   # connections that closed without saying how
