@@ -6,7 +6,7 @@ No sharp-kernel series is available here (every one is GE STANDARD or Siemens B4
 A sharp kernel is simulated in-plane on the stored HU: edge enhancement
 ``hu + gain * (hu - Gaussian_1px(hu))`` plus high-pass Gaussian noise inside the body (seeded),
 "moderate" (gain 0.7, noise SD 50 HU) and "strong" (gain 1.5, 100 HU). Each variant runs the
-default analysis with ``harmonize_kernel`` on (the default) and off, and prints the lung
+default analysis with ``harmonize_kernel`` on and off (off is the default), and prints the lung
 volume, lesion %, GGO / consolidation ml, CT score, the aerated-lung noise
 (segmentation.harmonize.lung_noise_hu) and what the harmonisation did. P002 is also scored
 against its COVID-CT-MD slice labels (25 mm², every lesion voxel and pneumonia components),

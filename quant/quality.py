@@ -178,8 +178,10 @@ def assess(hu: np.ndarray, lung_left: np.ndarray, lung_right: np.ndarray, lesion
            spacing_mm, consolidation_min_hu: float = -350.0) -> list[QualityFinding]:
     """All quality findings of one analysis (empty when nothing is wrong)."""
     findings: list[QualityFinding] = []
+    lung = lung_left | lung_right
+    has_lung = bool(lung.any())
     slice_mm = float(spacing_mm[0])
-    if slice_mm > THICK_SLICE_MM and (lung_left.any() or lung_right.any()):
+    if slice_mm > THICK_SLICE_MM and has_lung:
         findings.append(QualityFinding(
             QualityCode.THICK_SLICES, "lungs", round(slice_mm, 2), THICK_SLICE_MM,
             f"slices {slice_mm:.1f} mm apart (> {THICK_SLICE_MM:g} mm): lobes from the geometric "
@@ -187,8 +189,7 @@ def assess(hu: np.ndarray, lung_left: np.ndarray, lung_right: np.ndarray, lesion
             "scores and the CT score are likely too high (a thinner reconstruction of the same "
             "scan, if there is one, gives the reliable figures)"))
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    lung = lung_left | lung_right
-    noise = lung_noise_hu(hu, lung) if lung.any() else None
+    noise = lung_noise_hu(hu, lung) if has_lung else None
     if noise is not None and noise > NOISE_REFERENCE_HU:
         findings.append(QualityFinding(
             QualityCode.HIGH_NOISE, "lungs", round(noise, 1), NOISE_REFERENCE_HU,
@@ -196,7 +197,7 @@ def assess(hu: np.ndarray, lung_left: np.ndarray, lung_right: np.ndarray, lesion
             "the lesion model was made on): a sharp reconstruction kernel or a low dose; vessels "
             "and noise may be called lesion and the scores may be too high (a soft-kernel "
             "reconstruction of the same scan, if there is one, gives the reliable figures)"))
-    body_ml = body_volume_ml(hu, lung, spacing_mm) if lung.any() else 0.0
+    body_ml = body_volume_ml(hu, lung, spacing_mm) if has_lung else 0.0
     expected_lung_ml = EXPECTED_LUNG_FRACTION * body_ml
     fluid = largest_fluid_ml(hu, {"left_lung": lung_left, "right_lung": lung_right}, spacing_mm)
     for region, mask, share in (("left_lung", lung_left, LEFT_SHARE),

@@ -10,9 +10,9 @@ and a lesion-free lung scores 1-4 instead of 0-1.
 
 ``harmonize_for_lesions`` (the node's ``analysis.harmonize_kernel``, off by default: it failed
 one clause of its decision rule, see the plan named below): when the noise is above
-``NOISE_REFERENCE_HU`` (30 HU, above every series here), the smallest in-plane Gaussian (steps of ``SIGMA_STEP_PX`` pixels, up to
-``MAX_SIGMA_PX``) that brings it to the reference is applied, to the lesion network's input
-only: lungs, lobes, the GGO / consolidation split and every HU measure keep the stored HU
+``NOISE_REFERENCE_HU`` (30 HU, above every series here), the smallest in-plane Gaussian
+(steps of ``SIGMA_STEP_PX`` pixels, up to ``MAX_SIGMA_PX``) that brings it to the reference is
+applied, to the lesion network's input only: lungs, lobes, the GGO / consolidation split and every HU measure keep the stored HU
 (their thresholds are the study's, on the stored image). Plan, decision rule and figures:
 segmentation/model_card/candidates/sharp_kernel.plan.md.
 
@@ -58,14 +58,18 @@ def _sample_slices(lung: np.ndarray) -> np.ndarray:
     return zs[np.linspace(0, zs.size - 1, NOISE_SLICES).round().astype(int)]
 
 
+def _sample(hu: np.ndarray, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled slices (float32 HU, lung), indexed before conversion: never a float copy
+    of the whole volume."""
+    zs = _sample_slices(lung)
+    return np.asarray(hu)[zs].astype(np.float32), lung[zs]
+
+
 def lung_noise_hu(hu: np.ndarray, lung: np.ndarray) -> float | None:
     """High-frequency noise (HU) of the aerated lung; None without enough aerated lung."""
     if hu.shape != lung.shape:
         raise ValueError(f"hu {hu.shape} and lung {lung.shape} differ in shape")
-    zs = _sample_slices(np.asarray(lung, bool))
-    if zs.size == 0:
-        return None
-    return _noise(np.asarray(hu, np.float32)[zs], np.asarray(lung, bool)[zs])
+    return _noise(*_sample(hu, np.asarray(lung, bool)))
 
 
 def _noise(hu: np.ndarray, lung: np.ndarray) -> float | None:
@@ -80,14 +84,13 @@ def _noise(hu: np.ndarray, lung: np.ndarray) -> float | None:
 def harmonize_for_lesions(hu: np.ndarray, lung: np.ndarray,
                           reference_hu: float = NOISE_REFERENCE_HU) -> Harmonized:
     """The lesion network's input (see the module docstring)."""
-    lung = np.asarray(lung, bool)
-    noise = lung_noise_hu(hu, lung)
+    if hu.shape != lung.shape:
+        raise ValueError(f"hu {hu.shape} and lung {lung.shape} differ in shape")
+    sample, sample_lung = _sample(hu, np.asarray(lung, bool))
+    noise = _noise(sample, sample_lung)
     if noise is None or noise <= reference_hu:
-        return Harmonized(hu, noise if noise is not None else float("nan"),
-                          noise if noise is not None else float("nan"), 0.0)
-    zs = _sample_slices(lung)
-    sample = np.asarray(hu, np.float32)[zs]
-    sample_lung = lung[zs]
+        known = noise if noise is not None else float("nan")
+        return Harmonized(hu, known, known, 0.0)
     sigma, after = 0.0, noise
     for step in range(1, int(round(MAX_SIGMA_PX / SIGMA_STEP_PX)) + 1):
         sigma = step * SIGMA_STEP_PX

@@ -52,14 +52,25 @@ def test_dense_vessel_beside_a_central_bronchus_is_removed() -> None:
     assert out.removed_ml == pytest.approx(vessel.sum() * np.prod(SPACING) / 1000.0)
 
 
-def test_consolidation_reaching_the_hilum_from_the_lung_stays_whole() -> None:
+@pytest.mark.parametrize("half_width_mm, lateral_mm, tree_fraction", [
+    (15.0, 100.0, None),   # from the bronchus 60 mm out: mostly outside the zone
+    (15.0, 100.0, VESSEL_TREE_ZONE_FRACTION),   # the same with the vessel-tree rule
+    (12.0, 76.0, VESSEL_TREE_ZONE_FRACTION),    # 24 mm thick, 30 mm out: a third in the zone, too thick for a vessel
+])
+def test_consolidation_reaching_the_hilum_from_the_lung_stays_whole(
+        half_width_mm: float, lateral_mm: float, tree_fraction: float | None) -> None:
+    from segmentation.hilum import HILUM_FRACTION
+
     airway = _bronchus(4.0)
     _, y, x = _grid()
-    # a segmental consolidation from the bronchus out to 60 mm lateral: mostly outside the zone
-    consolidation = (np.abs(y - 60.0) <= 15.0) & (x >= 46.0) & (x <= 100.0)
+    consolidation = (np.abs(y - 60.0) <= half_width_mm) & (x >= 46.0) & (x <= lateral_mm)
     hu = np.full(SHAPE, -850.0)
     hu[consolidation] = 20.0
-    out = drop_hilar_components(hu, consolidation, hilar_zone(airway, SPACING), SPACING)
+    zone = hilar_zone(airway, SPACING)
+    assert zone[consolidation].mean() < HILUM_FRACTION
+    if tree_fraction is not None and lateral_mm < 80.0:
+        assert zone[consolidation].mean() >= tree_fraction   # the tree rule is what decides
+    out = drop_hilar_components(hu, consolidation, zone, SPACING, tree_fraction=tree_fraction)
     assert out.n_components == 0 and (out.lesion == consolidation).all()
 
 
@@ -129,21 +140,6 @@ def test_a_vessel_tree_leaving_the_hilum_is_removed_by_its_shape() -> None:
     # the first rule alone (the default, analysis.hilar_vessel_trees: false) keeps it
     kept = drop_hilar_components(hu, vessel, zone, SPACING)
     assert kept.n_components == 0 and (kept.lesion == vessel).all()
-
-
-def test_a_thick_consolidation_partly_in_the_hilar_zone_stays() -> None:
-    from segmentation.hilum import HILUM_FRACTION
-
-    airway = _bronchus(4.0)
-    _, y, x = _grid()
-    # a segmental consolidation 24 mm thick from the bronchus 30 mm out: a third in the zone
-    consolidation = (np.abs(y - 60.0) <= 12.0) & (x >= 46.0) & (x <= 76.0)
-    hu = np.full(SHAPE, -850.0)
-    hu[consolidation] = 20.0
-    zone = hilar_zone(airway, SPACING)
-    assert VESSEL_TREE_ZONE_FRACTION <= zone[consolidation].mean() < HILUM_FRACTION
-    out = drop_hilar_components(hu, consolidation, zone, SPACING, tree_fraction=TREE)
-    assert out.n_components == 0 and (out.lesion == consolidation).all()
 
 
 def test_a_thin_dense_band_away_from_the_hilum_stays() -> None:
